@@ -1,0 +1,1 @@
+"""CLI subcommands; see ``distilkit.cli`` for the contract each module follows."""
