@@ -22,6 +22,12 @@ COMMANDS = [
     "adapt_teacher",
     "distill",
     "demo",
+    "finetune",
+    "zeroshot",
+    "squad",
+    "compare",
+    "export",
+    "bench",
 ]
 
 

@@ -144,16 +144,14 @@ def load_config(
     cls: type[T],
     path: str | Path | None = None,
     overrides: typing.Sequence[str] = (),
-    defaults: dict[str, Any] | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> T:
-    """Load ``cls`` from an optional YAML file, then apply ``defaults`` and ``key=value`` overrides.
+    """Load ``cls`` from an optional YAML file, CLI flags and ``key=value`` overrides.
 
-    Precedence, lowest first: dataclass defaults, ``defaults`` (e.g. from CLI flags that were not
-    given in the file), the YAML file, then the overrides.
+    Precedence, lowest first: dataclass defaults, the YAML file, ``flags`` (dotted keys, from
+    explicit command-line options), then the overrides.
     """
     tree: dict[str, Any] = {}
-    for key, value in (defaults or {}).items():
-        _set_dotted(tree, key, value)
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -167,6 +165,8 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         _merge(tree, loaded)
+    for key, value in (flags or {}).items():
+        _set_dotted(tree, key, value)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)

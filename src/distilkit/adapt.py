@@ -1,0 +1,203 @@
+"""``distilkit adapt-teacher``: continued masked-LM training of a teacher on the user's text.
+
+Two uses: domain adaptation before distillation (whole model), and fitting a masked-LM head to
+an encoder-only checkpoint such as the packaged all-MiniLM-L6-v2 (``head_only``), so that the
+teacher can give soft targets (L_ce). Same loop, masking and checkpoints as ``distill``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distilkit import __version__
+from distilkit.config import to_dict
+from distilkit.data import TokenDataset, vocab_fingerprint
+from distilkit.distill import LMNet
+from distilkit.errors import DistilkitError
+from distilkit.loop import (
+    RUN_MARKER,
+    OptimConfig,
+    TrainConfig,
+    plot_curves,
+    prepare_out_dir,
+    run,
+    save_final,
+    setup_runtime,
+)
+from distilkit.losses import mlm_cross_entropy
+from distilkit.masking import MaskingConfig
+from distilkit.modeling import load_mlm, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _adapt_train_defaults() -> TrainConfig:
+    return TrainConfig(
+        optim=OptimConfig(
+            lr=1e-4, betas=[0.9, 0.999], warmup_ratio=0.06, max_grad_norm=1.0, weight_decay=0.01
+        )
+    )
+
+
+@dataclass
+class AdaptConfig:
+    """Options of ``distilkit adapt-teacher``."""
+
+    teacher: str = ""
+    data: str = ""
+    out_dir: str = ""
+    overwrite: bool = False
+    head_only: bool = False
+    """Train only the masked-LM head (its transform and bias; the decoder stays tied to the
+    frozen word embeddings). Automatically on when the teacher has no head, unless
+    ``whole_model`` is set."""
+    whole_model: bool = False
+    """Train every weight even when the head is new."""
+    head_lr: float = 2e-3
+    """Learning rate when only the head trains (a new head needs far more than fine-tuning)."""
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=_adapt_train_defaults)
+
+
+@dataclass
+class AdaptResult:
+    out_dir: Path
+    steps: int
+    seconds: float
+    final_eval: dict
+    head_only: bool
+    halted: bool = False
+
+
+class MLMObjective:
+    """Plain masked-LM cross-entropy of one model."""
+
+    part_names = ("mlm",)
+    weights = {"mlm": 1.0}
+    find_unused = False
+
+    def __init__(self, model: nn.Module, head_only: bool):
+        self.net = LMNet(model, encoder_grad=not head_only)
+
+    def train_module(self) -> nn.Module:
+        return self.net
+
+    def rows(self, batch: dict) -> dict[str, int]:
+        return {"mlm": len(batch["target_idx"])}
+
+    def losses(self, module: nn.Module, b: dict, norms: dict[str, float]) -> dict:
+        _, logits = module(b["input_ids"], b["attention_mask"], b["target_idx"])
+        return {"mlm": mlm_cross_entropy(logits, b["labels"], norms["mlm"])}
+
+    def evaluate(self, batches: list[dict]) -> dict[str, float]:
+        ce = correct = n = 0.0
+        for b in batches:
+            _, logits = self.net(b["input_ids"], b["attention_mask"], b["target_idx"])
+            ce += float(mlm_cross_entropy(logits, b["labels"], normalizer=1.0))
+            correct += float((logits.argmax(-1) == b["labels"]).sum())
+            n += len(b["labels"])
+        n = max(n, 1.0)
+        return {"mlm_loss": ce / n, "mlm_accuracy": correct / n}
+
+
+def adapt_teacher(cfg: AdaptConfig, resume: bool | str = False) -> AdaptResult:
+    """Continue masked-LM training of ``cfg.teacher``; the output is an MLM model folder."""
+    for name in ("teacher", "data", "out_dir"):
+        if not getattr(cfg, name):
+            raise DistilkitError(f"no {name} given")
+    if cfg.head_only and cfg.whole_model:
+        raise DistilkitError("head_only and whole_model exclude each other")
+    rt = setup_runtime(cfg.train.threads)
+    out = Path(cfg.out_dir)
+    data = TokenDataset(cfg.data, "train")
+    prepare_out_dir(out, bool(resume), cfg.overwrite, rt)
+    model, headless = load_mlm(cfg.teacher)
+    tok = load_tokenizer(cfg.teacher)
+    if data.manifest.get("vocab_fingerprint") != vocab_fingerprint(tok):
+        raise DistilkitError(
+            f"dataset {data.root} was tokenised with a different vocabulary than {cfg.teacher}"
+        )
+    head_only = cfg.head_only or (headless and not cfg.whole_model)
+    if headless:
+        log.info(
+            "teacher %s has no masked-LM head: fitting a new one (%s)",
+            cfg.teacher,
+            "head only" if head_only else "whole model",
+        )
+    model.to(rt.device).train()
+    objective = MLMObjective(model, head_only)
+    train_cfg = cfg.train
+    if head_only:
+        from dataclasses import replace
+
+        train_cfg = replace(cfg.train, optim=replace(cfg.train.optim, lr=cfg.head_lr))
+        model.requires_grad_(False)
+        for p in _head_parameters(model):
+            p.requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("training %.2fM parameters", trainable / 1e6)
+    run_info = {
+        "stage": "adapt-teacher",
+        "distilkit": __version__,
+        "teacher": cfg.teacher,
+        "data": cfg.data,
+        "head_only": head_only,
+        "config": to_dict(cfg),
+    }
+    result = run(objective, model, cfg.data, cfg.masking, train_cfg, out, rt, resume, run_info)
+    if result.halted:
+        return AdaptResult(out, result.steps, result.seconds, {}, head_only, halted=True)
+    if rt.main:
+        model.requires_grad_(True)
+        plot_curves(out)
+        ev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.final_eval.items())
+        card = f"""---
+library_name: transformers
+tags: [distilkit, fill-mask]
+---
+# Teacher adapted with distilkit
+
+- Base: `{cfg.teacher}`; {"masked-LM head fitted (encoder frozen)" if head_only else "whole model trained"}
+- Data: `{cfg.data}`; {result.steps} optimizer steps, {result.tokens:,} tokens
+
+| held-out metric | value |
+|---|---|
+{ev}
+"""
+        save_final(model, tok, out, card)
+        (out / "results.json").write_text(
+            json.dumps(
+                {
+                    "steps": result.steps,
+                    "seconds": result.seconds,
+                    "final_eval": result.final_eval,
+                    "head_only": head_only,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        marker = json.loads((out / RUN_MARKER).read_text())
+        (out / RUN_MARKER).write_text(json.dumps(marker | {"finished": True}, indent=2) + "\n")
+        log.info("adapted teacher saved to %s", out)
+    if rt.world > 1:
+        torch.distributed.barrier()
+    return AdaptResult(out, result.steps, result.seconds, result.final_eval, head_only)
+
+
+def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the vocabulary head, without the decoder weight tied to the embeddings."""
+    embedding = model.get_input_embeddings().weight
+    params = []
+    for name, p in model.named_parameters():
+        if name.startswith(("cls.", "lm_head.", "vocab_")) and p is not embedding:
+            params.append(p)
+    if not params:
+        raise DistilkitError(f"cannot find the masked-LM head of {type(model).__name__}")
+    return params

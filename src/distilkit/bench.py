@@ -1,0 +1,757 @@
+"""Size and speed of encoders, PyTorch and ONNX side by side, on the paper's Table 3 protocol.
+
+``bench(cfg)`` measures, for each model:
+
+- parameters (total, without embeddings) and size on disk (safetensors, ONNX fp32 or int8);
+- latency at batch size 1 over the STS-B dev sentence pairs (the paper's Table 3: a full pass,
+  one pair at a time): total seconds, per-example median and p90. Pairs are tokenised before the
+  clock starts (the paper's on-device figure also excludes tokenisation);
+- throughput at batch 32 x sequence 128 (random token ids, no padding);
+- peak memory: the process's peak RSS and what the model added to it (CPU), or the peak CUDA
+  allocation (PyTorch on GPU).
+
+Fairness on a shared machine: each model runs in its own process (``isolate``), so peak memory is
+its own and no allocator state leaks between models, and the full passes are *interleaved*
+(pass 1 of every model, then pass 2, ...), so a burst of load from another job hits every model
+alike instead of one. Totals are medians over ``repeats`` passes. Thread counts are fixed.
+
+Every ratio compares with the first model: ``speedup`` = its time / this time, ``size_ratio`` =
+this size / its size. Outputs: ``bench.json``, ``bench.md`` and ``bench.png`` in ``out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from distilkit.config import ConfigError, to_dict
+from distilkit.errors import DistilkitError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark: the models of one table, measured under one protocol."""
+
+    models: list[str] = field(default_factory=list)
+    """PyTorch folders ('minilm', hub ids), .onnx files, or export folders (their model.onnx);
+    'label=MODEL' names a row. The first model is the baseline of every ratio."""
+    out: str = ""
+    """Folder for bench.json, bench.md and bench.png."""
+    data_dir: str = ""
+    """GLUE root or STS-B folder: the latency pass runs over the STS-B dev pairs."""
+    max_examples: int = 0
+    """Use the first N dev pairs (0 = all 1,500, the paper's protocol)."""
+    repeats: int = 3
+    """Full latency passes per model; the total reported is their median."""
+    warmup: int = 20
+    """Untimed forward passes (dev pairs) before the first timed pass."""
+    threads: int = 1
+    """CPU threads for torch and onnxruntime (0 = library default)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    head: Literal["encoder", "auto"] = "encoder"
+    """PyTorch models: 'encoder' times the bare encoder so every row does the same work (a
+    masked-LM head alone costs a 30k-vocabulary projection at every token); ONNX files run the
+    head they were exported with."""
+    max_length: int = 128
+    throughput_batch: int = 32
+    throughput_seq: int = 128
+    throughput_iters: int = 10
+    isolate: bool = True
+    """One process per model (needed for per-model peak memory)."""
+    plot: bool = True
+
+    def validate(self) -> None:
+        for name in ("repeats", "throughput_batch", "throughput_seq", "throughput_iters"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config key '{name}' must be at least 1")
+        for name in ("max_examples", "warmup", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0")
+        if self.max_length < 8:
+            raise ConfigError("config key 'max_length' must be at least 8")
+
+
+@dataclass
+class BenchResult:
+    out_dir: Path
+    models: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
+@dataclass
+class _Spec:
+    label: str
+    source: str  # what the user wrote
+    kind: Literal["pytorch", "onnx"]
+    path: str  # resolved model reference or .onnx file
+    folder: str  # where config.json / tokenizer live
+
+
+# ----------------------------------------------------------------------------- public entry
+
+
+def bench(cfg: BenchConfig) -> BenchResult:
+    """Measure every model of ``cfg.models`` and write the JSON, markdown table and plot."""
+    cfg.validate()
+    if not cfg.models:
+        raise DistilkitError("bench needs at least one model")
+    if not cfg.out:
+        raise DistilkitError("bench needs out (a folder for the results)")
+    if not cfg.data_dir:
+        raise DistilkitError(
+            "bench needs data_dir (GLUE root or STS-B folder): the latency "
+            "protocol is a pass over the STS-B dev pairs"
+        )
+    specs = [_parse_spec(text) for text in cfg.models]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise DistilkitError(f"two models share a label ({labels}); name them with label=MODEL")
+    _read_pairs(cfg)  # fail on missing data before starting any worker
+    device = _pick_device(cfg.device)
+    env_start = _environment(cfg, device)
+
+    runners = [(_Remote if cfg.isolate else _Runner)(spec, cfg, device) for spec in specs]
+    try:
+        infos = [r.ready() for r in runners]
+        for r in runners:
+            r.warmup()
+        totals: list[list[float]] = [[] for _ in runners]
+        per_example: list[list[np.ndarray]] = [[] for _ in runners]
+        for rep in range(cfg.repeats):
+            for i, r in enumerate(runners):  # interleaved: see the module docstring
+                total, times = r.latency_pass()
+                totals[i].append(total)
+                per_example[i].append(times)
+                log.info("pass %d/%d %s: %.2fs", rep + 1, cfg.repeats, specs[i].label, total)
+        throughputs = [r.throughput() for r in runners]
+        memories = [r.memory() for r in runners]
+    finally:
+        for r in runners:
+            r.close()
+
+    rows = []
+    for i, spec in enumerate(specs):
+        times = np.concatenate(per_example[i]) * 1e3  # (repeats * N,) ms
+        rows.append(
+            {
+                "label": spec.label,
+                "source": spec.source,
+                **infos[i],
+                "latency": {
+                    "examples": int(len(per_example[i][0])),
+                    "total_s": statistics.median(totals[i]),
+                    "total_s_runs": totals[i],
+                    "per_example_ms_median": float(np.median(times)),
+                    "per_example_ms_p90": float(np.percentile(times, 90)),
+                    "per_example_ms_mean": float(times.mean()),
+                },
+                "throughput": throughputs[i],
+                "memory": memories[i],
+            }
+        )
+    _add_ratios(rows)
+    env = {**env_start, "loadavg_end": _loadavg()}
+    result = {
+        "protocol": _protocol(cfg, device),
+        "environment": env,
+        "models": rows,
+        "config": to_dict(cfg),
+    }
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / "bench.json", "markdown": out / "bench.md"}
+    files["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    files["markdown"].write_text(_markdown(result), encoding="utf-8")
+    if cfg.plot:
+        files["png"] = out / "bench.png"
+        _plot(rows, files["png"])
+    log.info("wrote %s", ", ".join(str(p) for p in files.values()))
+    return BenchResult(out, rows, files)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _parse_spec(text: str) -> _Spec:
+    from distilkit.export import FP32_FILE
+    from distilkit.modeling import resolve_model
+
+    label = None
+    head, sep, rest = text.partition("=")
+    if sep and rest and "/" not in head and os.sep not in head:
+        label, text = head, rest
+    path = Path(text).expanduser()
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise DistilkitError(f"ONNX file not found: {path}")
+        return _Spec(
+            label or f"{path.parent.name}/{path.name}", text, "onnx", str(path), str(path.parent)
+        )
+    if path.is_dir() and (path / FP32_FILE).is_file():
+        return _Spec(
+            label or f"{path.name}/{FP32_FILE}", text, "onnx", str(path / FP32_FILE), str(path)
+        )
+    ref = resolve_model(text)
+    return _Spec(label or Path(text).name or text, text, "pytorch", ref, ref)
+
+
+def _read_pairs(cfg: BenchConfig) -> list[tuple[str, str]]:
+    from distilkit.tasks import read_task
+
+    examples = read_task("stsb", "dev", cfg.data_dir)
+    if cfg.max_examples:
+        examples = examples[: cfg.max_examples]
+    return [(e.text_a, e.text_b or "") for e in examples]
+
+
+def _pick_device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DistilkitError("device cuda requested but torch sees no CUDA device")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _weights_bytes(folder: Path) -> tuple[int | None, str]:
+    files = sorted(folder.glob("*.safetensors"))
+    fmt = "safetensors"
+    if not files:
+        files, fmt = sorted(folder.glob("pytorch_model*.bin")), "pytorch .bin"
+    if not files:
+        return None, "pytorch"
+    return sum(f.stat().st_size for f in files), fmt
+
+
+def _onnx_facts(path: Path, folder: Path) -> dict[str, Any]:
+    """Size, precision and parameter count of an ONNX file (from export.json when present)."""
+    import onnx
+
+    from distilkit.export import MANIFEST
+
+    size = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    if data.is_file():
+        size += data.stat().st_size
+    manifest = {}
+    if (folder / MANIFEST).is_file():
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    entry = manifest.get("files", {}).get(path.name)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if entry:
+        precision = entry["precision"]
+    else:
+        quant_ops = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul"}
+        precision = "int8" if any(n.op_type in quant_ops for n in graph.node) else "fp32"
+    params = manifest.get("parameters")
+    if params is None:  # not from distilkit export: count initializer elements
+        total = sum(int(np.prod(t.dims)) for t in graph.initializer)
+        params = {"total": total, "without_embeddings": None}
+    return {
+        "size_bytes": size,
+        "format": f"onnx {precision}",
+        "parameters": params,
+        "head": manifest.get("head", "unknown"),
+    }
+
+
+class _Runner:
+    """Loads one model and times it; runs in a worker process (isolate) or in-process."""
+
+    def __init__(self, spec: _Spec, cfg: BenchConfig, device: str):
+        import torch
+
+        from distilkit.modeling import count_parameters, load_tokenizer
+
+        self.cfg, self.device, self.kind = cfg, device, spec.kind
+        self._threads_before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # Libraries first, so that the memory baseline leaves out code every model row shares
+        # and "model RSS" is weights, activations and runtime buffers.
+        import onnxruntime  # noqa: F401
+        from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
+
+        self.rss_before = _current_rss()
+        t0 = time.perf_counter()
+        if spec.kind == "pytorch":
+            from distilkit.export import load_torch_model
+
+            model, head = load_torch_model(spec.path, cfg.head)
+            self.model = model.to(device)
+            self.accepts = set(inspect.signature(model.forward).parameters)
+            size, fmt = _weights_bytes(Path(spec.folder))
+            config = model.config
+            self.info = {
+                "format": f"{fmt} fp32",
+                "runtime": f"pytorch {torch.__version__}",
+                "head": head,
+                "parameters": count_parameters(model),
+                "size_bytes": size,
+            }
+        else:
+            from distilkit.export import OnnxModel
+
+            self.model = OnnxModel(spec.path, threads=cfg.threads, device=device)
+            self.info = {
+                **_onnx_facts(Path(spec.path), Path(spec.folder)),
+                "runtime": "onnxruntime "
+                + self.model.providers[0].replace("ExecutionProvider", ""),
+            }
+            config = _config_of(spec.folder)
+        self.info["load_s"] = time.perf_counter() - t0
+        self.info["device"] = device
+        self.info["threads"] = cfg.threads or None
+        tokenizer = load_tokenizer(spec.folder) if spec.kind == "pytorch" else _onnx_tokenizer(spec)
+
+        max_pos = getattr(config, "max_position_embeddings", None) if config else None
+        if max_pos is not None and cfg.throughput_seq > max_pos:
+            raise DistilkitError(
+                f"{spec.source}: throughput_seq {cfg.throughput_seq} exceeds the "
+                f"model's {max_pos} positions"
+            )
+        pairs = _read_pairs(cfg)
+        # Tokenised up front: the clock measures the model, not the tokenizer.
+        self.feeds = [
+            self._feed(
+                tokenizer(
+                    a,
+                    b,
+                    truncation=True,
+                    max_length=cfg.max_length,
+                    return_token_type_ids=True,
+                    return_tensors="np",
+                )
+            )
+            for a, b in pairs
+        ]
+        vocab = int(getattr(config, "vocab_size", None) or len(tokenizer))
+        rng = np.random.default_rng(0)
+        shape = (cfg.throughput_batch, cfg.throughput_seq)
+        ids = rng.integers(low=min(1000, vocab // 2), high=vocab, size=shape, dtype=np.int64)
+        self.batch_feed = self._feed(
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            }
+        )
+
+    def _feed(self, enc) -> dict[str, Any]:
+        if self.kind == "onnx":
+            return self.model.feed(dict(enc))
+        import torch
+
+        return {
+            k: torch.as_tensor(np.asarray(v, dtype=np.int64), device=self.device)
+            for k, v in enc.items()
+            if k in self.accepts
+        }
+
+    def _forward(self, feed: dict[str, Any]) -> None:
+        if self.kind == "onnx":
+            self.model.run_feed(feed)
+            return
+        import torch
+
+        with torch.inference_mode():
+            self.model(**feed)
+        if self.device == "cuda":
+            torch.cuda.synchronize()  # the kernels are queued; the clock must wait for them
+
+    # -- the protocol, one call each, so that a parent can interleave models
+
+    def ready(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def warmup(self) -> None:
+        for feed in (self.feeds * (1 + self.cfg.warmup // max(len(self.feeds), 1)))[
+            : self.cfg.warmup
+        ]:
+            self._forward(feed)
+        self._forward(self.batch_feed)
+
+    def latency_pass(self) -> tuple[float, np.ndarray]:
+        times = np.empty(len(self.feeds))
+        clock = time.perf_counter
+        start = clock()
+        for i, feed in enumerate(self.feeds):
+            t0 = clock()
+            self._forward(feed)
+            times[i] = clock() - t0
+        return clock() - start, times
+
+    def throughput(self) -> dict[str, Any]:
+        self._forward(self.batch_feed)
+        times = []
+        for _ in range(self.cfg.throughput_iters):
+            t0 = time.perf_counter()
+            self._forward(self.batch_feed)
+            times.append(time.perf_counter() - t0)
+        batch_s = statistics.median(times)
+        return {
+            "batch": self.cfg.throughput_batch,
+            "seq": self.cfg.throughput_seq,
+            "batch_s_median": batch_s,
+            "sequences_per_s": self.cfg.throughput_batch / batch_s,
+            "tokens_per_s": self.cfg.throughput_batch * self.cfg.throughput_seq / batch_s,
+        }
+
+    def memory(self) -> dict[str, Any]:
+        mem: dict[str, Any] = {
+            "isolated": self.cfg.isolate,
+            "peak_rss_mb": None,
+            "model_rss_mb": None,
+            "peak_cuda_mb": None,
+        }
+        if self.cfg.isolate:  # a process-wide peak is only this model's in its own process
+            peak = _peak_rss()
+            mem["peak_rss_mb"] = peak
+            if peak is not None and self.rss_before is not None:
+                mem["model_rss_mb"] = peak - self.rss_before
+        if self.device == "cuda" and self.kind == "pytorch":
+            import torch
+
+            mem["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return mem
+
+    def close(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)
+        self.model = None
+
+
+class _Remote:
+    """A ``_Runner`` in a spawned process, driven over a pipe with the same methods."""
+
+    def __init__(self, spec: _Spec, cfg: BenchConfig, device: str):
+        ctx = mp.get_context("spawn")  # fork would inherit this process's threads and memory
+        self.label = spec.label
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, spec, cfg, device), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def _call(self, method: str) -> Any:
+        try:
+            self.conn.send(method)
+            status, payload = self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
+            code = self.proc.exitcode
+            raise DistilkitError(
+                f"benchmark worker for {self.label} died (exit code {code}; out of memory?)"
+            ) from exc
+        if status == "error":
+            raise DistilkitError(f"{self.label}: {payload}")
+        return payload
+
+    def ready(self) -> dict[str, Any]:
+        return self._call("ready")
+
+    def warmup(self) -> None:
+        self._call("warmup")
+
+    def latency_pass(self) -> tuple[float, np.ndarray]:
+        return self._call("latency_pass")
+
+    def throughput(self) -> dict[str, Any]:
+        return self._call("throughput")
+
+    def memory(self) -> dict[str, Any]:
+        return self._call("memory")
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError):  # the worker may already be gone
+                self.conn.send("stop")
+            self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _worker(conn, spec: _Spec, cfg: BenchConfig, device: str) -> None:
+    import torch
+
+    # Fixed before any parallel work: inter-op threads would only compete for the same cores.
+    torch.set_num_interop_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        runner = _Runner(spec, cfg, device)
+    except Exception as exc:  # report to the parent, which owns the user-facing error
+        conn.recv()
+        conn.send(("error", str(exc) if isinstance(exc, DistilkitError) else repr(exc)))
+        return
+    while True:
+        method = conn.recv()
+        if method == "stop":
+            break
+        try:
+            conn.send(("ok", getattr(runner, method)()))
+        except Exception as exc:
+            conn.send(("error", repr(exc)))
+            break
+    conn.close()
+
+
+def _onnx_tokenizer(spec: _Spec):
+    from transformers import AutoTokenizer
+
+    folder = Path(spec.folder)
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.txt").is_file():
+        raise DistilkitError(
+            f"{spec.source}: no tokenizer next to the ONNX file (export copies "
+            f"it; the latency pass tokenises the STS-B pairs)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise DistilkitError(
+            f"{spec.source}: cannot load the tokenizer in {folder}: {exc}"
+        ) from exc
+
+
+def _config_of(folder: str):
+    from transformers import AutoConfig
+
+    if not (Path(folder) / "config.json").is_file():
+        return None
+    return AutoConfig.from_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------- memory, machine
+
+
+def _current_rss() -> float | None:
+    """Resident set size now, MiB (Linux)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss() -> float | None:
+    """Peak resident set size of this process, MiB.
+
+    Linux: ``VmHWM``, the high-water mark of this address space. Not ``ru_maxrss``: that one
+    survives ``execve``, so a spawned worker would report its parent's peak (seen: every model of a
+    run showing the same value, the size of the exporting parent).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    if platform.system() != "Darwin":  # ru_maxrss elsewhere may be the parent's, see above
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(cfg: BenchConfig, device: str) -> dict[str, Any]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    env = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "loadavg_start": _loadavg(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _protocol(cfg: BenchConfig, device: str) -> dict[str, Any]:
+    return {
+        "latency": "STS-B dev sentence pairs, batch size 1, one full pass per repeat (paper "
+        "Table 3); tokenisation excluded; passes interleaved across models",
+        "throughput": f"batch {cfg.throughput_batch} x sequence {cfg.throughput_seq}, median of "
+        f"{cfg.throughput_iters} batches",
+        "device": device,
+        "threads": cfg.threads or "library default",
+        "repeats": cfg.repeats,
+        "warmup": cfg.warmup,
+        "max_length": cfg.max_length,
+        "isolated_processes": cfg.isolate,
+    }
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    base = rows[0]
+
+    def ratio(num, den):
+        return None if num is None or den in (None, 0) else num / den
+
+    for row in rows:
+        row["size_mb"] = None if row["size_bytes"] is None else row["size_bytes"] / 1e6
+        row["ratios"] = {
+            "speedup_latency": ratio(base["latency"]["total_s"], row["latency"]["total_s"]),
+            # Medians of per-pair times: a descheduled slice (shared machine) moves a few pairs,
+            # not the median, so this ratio is the steadier of the two under load.
+            "speedup_latency_median": ratio(
+                base["latency"]["per_example_ms_median"], row["latency"]["per_example_ms_median"]
+            ),
+            "speedup_throughput": ratio(
+                row["throughput"]["sequences_per_s"], base["throughput"]["sequences_per_s"]
+            ),
+            "size_ratio": ratio(row["size_bytes"], base["size_bytes"]),
+            "parameters_ratio": ratio(row["parameters"]["total"], base["parameters"]["total"]),
+        }
+
+
+def _div(value: float | None, by: float) -> float | None:
+    return None if value is None else value / by
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    rows, env, proto = result["models"], result["environment"], result["protocol"]
+    mb = 1e6
+    columns = [
+        ("model", lambda r: r["label"]),
+        ("format", lambda r: r["format"]),
+        ("runtime", lambda r: r["runtime"]),
+        ("head", lambda r: r["head"]),
+        ("params", lambda r: _fmt(r["parameters"]["total"] / mb, ".1f", "M")),
+        (
+            "params w/o emb.",
+            lambda r: _fmt(_div(r["parameters"].get("without_embeddings"), mb), ".1f", "M"),
+        ),
+        ("size (MB)", lambda r: _fmt(r["size_mb"], ".1f")),
+        ("size vs first", lambda r: _fmt(_div(r["ratios"]["size_ratio"], 0.01), ".0f", "%")),
+        ("STS-B pass (s)", lambda r: f"{r['latency']['total_s']:.2f}"),
+        ("per pair median (ms)", lambda r: f"{r['latency']['per_example_ms_median']:.2f}"),
+        ("p90 (ms)", lambda r: f"{r['latency']['per_example_ms_p90']:.2f}"),
+        ("speed-up (pass)", lambda r: _fmt(r["ratios"]["speedup_latency"], ".2f", "×")),
+        ("speed-up (median)", lambda r: _fmt(r["ratios"]["speedup_latency_median"], ".2f", "×")),
+        ("throughput (seq/s)", lambda r: f"{r['throughput']['sequences_per_s']:.1f}"),
+        ("× throughput", lambda r: _fmt(r["ratios"]["speedup_throughput"], ".2f", "×")),
+        ("peak RSS (MB)", lambda r: _fmt(r["memory"]["peak_rss_mb"], ".0f")),
+        ("model RSS (MB)", lambda r: _fmt(r["memory"]["model_rss_mb"], ".0f")),
+    ]
+    if any(r["memory"]["peak_cuda_mb"] is not None for r in rows):
+        columns.append(("peak CUDA (MB)", lambda r: _fmt(r["memory"]["peak_cuda_mb"], ".0f")))
+    lines = [
+        "| " + " | ".join(name for name, _ in columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(fn(r) for _, fn in columns) + " |" for r in rows),
+    ]
+    n = rows[0]["latency"]["examples"]
+    lines += [
+        "",
+        f"Latency: {n} STS-B dev pairs, batch size 1, {proto['repeats']} interleaved full passes "
+        f"(median total shown), tokenisation excluded. Speed-up (pass): ratio of pass totals; "
+        f"speed-up (median): ratio of per-pair medians, the steadier one on a loaded machine. "
+        f"Device {proto['device']}, threads {proto['threads']}. Throughput: "
+        f"{proto['throughput']}. Ratios against the first row.",
+        f"Machine: {env['cpu']}, {env['cpus_usable']} usable CPUs; load average "
+        f"{env['loadavg_start']} at start, {env['loadavg_end']} at end (other jobs may share "
+        f"the machine). {env['date']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in rows]
+    panels = [
+        (
+            "STS-B dev pass, batch 1 (s)",
+            [r["latency"]["total_s"] for r in rows],
+            [r["ratios"]["speedup_latency"] for r in rows],
+            "×",
+        ),
+        (
+            f"throughput, batch {rows[0]['throughput']['batch']}×{rows[0]['throughput']['seq']} "
+            "(seq/s)",
+            [r["throughput"]["sequences_per_s"] for r in rows],
+            [r["ratios"]["speedup_throughput"] for r in rows],
+            "×",
+        ),
+        (
+            "size on disk (MB)",
+            [r["size_mb"] or 0.0 for r in rows],
+            [r["ratios"]["size_ratio"] for r in rows],
+            "of first",
+        ),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.6 * len(rows) + 2.2))
+    y = np.arange(len(rows))
+    for ax, (title, values, ratios, unit) in zip(axes, panels):
+        ax.barh(y, values, color=[f"C{i}" for i in range(len(rows))])
+        ax.set_yticks(y, labels if ax is axes[0] else [""] * len(rows))
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        for yi, v, rt in zip(y, values, ratios):
+            if rt is not None:
+                text = f"{rt:.2f}{unit}" if unit == "×" else f"{100 * rt:.0f}% {unit}"
+                ax.text(v, yi, " " + text, va="center", fontsize=8)
+        ax.margins(x=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""distilkit adapt-teacher: continued masked-LM training of a teacher."""
+
+from __future__ import annotations
+
+from distilkit.commands._common import add_config_arguments, config_from_args
+
+NAME = "adapt-teacher"
+HELP = "continue masked-LM training of a teacher (domain adaptation, or fit a missing LM head)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--teacher", help="folder, hub id, or 'minilm'")
+    p.add_argument("--data", help="folder written by `distilkit prepare`")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--head-only", action="store_true", help="train only the masked-LM head")
+    p.add_argument(
+        "--whole-model", action="store_true", help="train every weight even when the head is new"
+    )
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        help="continue from the newest checkpoint in --out (or the one given)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    add_config_arguments(p)
+
+
+def run(args) -> int:
+    from distilkit.adapt import AdaptConfig, adapt_teacher
+
+    cfg = config_from_args(
+        AdaptConfig,
+        args,
+        {
+            "teacher": "teacher",
+            "data": "data",
+            "out": "out_dir",
+            "head_only": "head_only",
+            "whole_model": "whole_model",
+            "max_steps": "train.max_steps",
+            "overwrite": "overwrite",
+        },
+    )
+    r = adapt_teacher(cfg, resume=args.resume)
+    ev = ", ".join(f"{k} {v:.4f}" for k, v in r.final_eval.items())
+    print(f"adapted teacher saved to {r.out_dir} after {r.steps} steps ({ev})")
+    return 0

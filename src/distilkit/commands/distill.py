@@ -1,0 +1,48 @@
+"""distilkit distill: the triple-loss distillation."""
+
+from __future__ import annotations
+
+from distilkit.commands._common import add_config_arguments, config_from_args
+
+NAME = "distill"
+HELP = "distil a teacher into a student with the DistilBERT triple loss"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--teacher", help="folder, hub id, or 'minilm'")
+    p.add_argument("--student", help="student folder from init-student (default: build one)")
+    p.add_argument("--data", help="folder written by `distilkit prepare`")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        help="continue from the newest checkpoint in --out (or the one given)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    add_config_arguments(p)
+
+
+def run(args) -> int:
+    from distilkit.distill import DistillConfig, distill
+
+    cfg = config_from_args(
+        DistillConfig,
+        args,
+        {
+            "teacher": "teacher",
+            "student": "student",
+            "data": "data",
+            "out": "out_dir",
+            "max_steps": "train.max_steps",
+            "overwrite": "overwrite",
+        },
+    )
+    r = distill(cfg, resume=args.resume)
+    ev = ", ".join(f"{k} {v:.4f}" for k, v in r.final_eval.items())
+    print(
+        f"student saved to {r.out_dir}: {r.steps} steps, {r.tokens_per_second:,.0f} tokens/s; {ev}"
+    )
+    return 0

@@ -1,0 +1,516 @@
+"""Fine-tune an encoder on a GLUE task (or a classification file) and report dev metrics.
+
+One explicit loop and one evaluation path for every task: a sequence-classification head (one
+output and MSE for STS-B, cross-entropy otherwise), AdamW with linear warm-up and decay, and
+``compute_metrics`` on each dev split. ``--seeds N`` repeats the run with seeds ``seed .. seed+N-1``
+and reports the median (the paper's protocol: median of 5) and the spread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import platform
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distilkit.config import ConfigError, from_dict, load_config, to_dict
+from distilkit.errors import DistilkitError
+from distilkit.metrics import compute_metrics
+from distilkit.modeling import count_parameters, load_tokenizer, resolve_model
+from distilkit.tasks import ClassificationOptions, Example, TaskSpec, get_task, load_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning job. Per-task defaults come from ``configs/finetune.yaml``."""
+
+    model: str = ""
+    """Model folder (a distilkit student, BERT, RoBERTa, ...), 'minilm', or a hub id."""
+    task: str = ""
+    """A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli) or classification."""
+    data_dir: str = ""
+    """GLUE root or task folder; 'hf' for the Hugging Face hub; a file/folder for classification."""
+    out: str = ""
+    """Output folder: metrics.json (and seed-N/model with save_model)."""
+    seeds: int = 1
+    """Number of runs; the report gives their median and spread."""
+    seed: int = 42
+    """First seed; run i uses seed + i."""
+    lr: float = 2e-5
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    dropout: float | None = None
+    """Override the model's hidden dropout (None keeps the checkpoint's)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs); for smoke tests."""
+    max_train_examples: int = 0
+    """Train on a fixed random subset of this size (0 = all); the same subset for every seed."""
+    max_eval_examples: int = 0
+    """Evaluate on the first N dev examples (0 = all)."""
+    subset_seed: int = 0
+    bf16: bool = False
+    """bf16 autocast (CPU or GPU); weights and optimiser stay fp32."""
+    device: str = "auto"
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    log_every: int = 50
+    save_model: bool = False
+    classification: ClassificationOptions = field(default_factory=ClassificationOptions)
+
+    def validate(self) -> None:
+        for name in ("seeds", "epochs", "batch_size", "eval_batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config key '{name}' must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("config key 'lr' must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("config key 'warmup_ratio' must be in [0, 1)")
+        for name in ("max_steps", "max_train_examples", "max_eval_examples", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0")
+
+
+@dataclass
+class FinetuneRecipes:
+    """The shipped per-task defaults file: ``defaults``, then ``tasks.<name>`` on top."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    squad: dict[str, Any] = field(default_factory=dict)
+    """Defaults for ``distilkit squad`` (fields of ``distilkit.squad.SquadConfig``)."""
+
+    def validate(self) -> None:
+        # Check every task section now, so a typo fails when the file is loaded, not when that
+        # task is first run.
+        for name, section in self.tasks.items():
+            get_task(name)
+            if not isinstance(section, dict):
+                raise ConfigError(f"config section 'tasks.{name}' must be a mapping")
+            from_dict(FinetuneConfig, {**self.defaults, **section}, prefix=f"tasks.{name}.")
+        from_dict(FinetuneConfig, dict(self.defaults), prefix="defaults.")
+        if self.squad:
+            from distilkit.squad import SquadConfig
+
+            from_dict(SquadConfig, dict(self.squad), prefix="squad.")
+
+
+def default_recipes_path() -> Path | None:
+    """``configs/finetune.yaml`` in the working directory, else next to a source checkout."""
+    for candidate in (
+        Path.cwd() / "configs" / "finetune.yaml",
+        Path(__file__).resolve().parents[2] / "configs" / "finetune.yaml",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_recipes(path: str | Path | None) -> FinetuneRecipes:
+    if path is None:
+        return FinetuneRecipes()
+    return load_config(FinetuneRecipes, path)
+
+
+def build_config(
+    task: str,
+    recipes: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **fields: Any,
+) -> FinetuneConfig:
+    """Config for one task: dataclass defaults < recipes defaults < recipes task < fields < overrides.
+
+    ``fields`` are run settings such as ``model=``, ``data_dir=``, ``out=`` (None values ignored).
+    """
+    spec = get_task(task)
+    rec = load_recipes(recipes)
+    tree = {**rec.defaults, **rec.tasks.get(spec.name, {})}
+    tree.update({k: v for k, v in fields.items() if v is not None})
+    tree["task"] = spec.name
+    return load_config(FinetuneConfig, None, overrides, tree)  # tree as flags: below the overrides
+
+
+# ----------------------------------------------------------------------------- model helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise DistilkitError(f"bad device '{name}': {exc}") from exc
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def forward_kwargs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep only the inputs ``model.forward`` takes: DistilBERT students have no token types."""
+    accepted = inspect.signature(model.forward).parameters
+    return {k: v for k, v in batch.items() if k in accepted}
+
+
+def tokenize(
+    tokenizer, examples: list[Example], max_length: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Tokenise one batch, padded to its longest member: ``input_ids`` etc. of shape (B, L)."""
+    text_a = [e.text_a for e in examples]
+    text_b = [e.text_b or "" for e in examples] if examples[0].text_b is not None else None
+    enc = tokenizer(
+        text_a,
+        text_b,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_token_type_ids=True,
+        return_tensors="pt",
+    )
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load report while loading; ``check_loading_info`` logs the part
+    that matters (which weights are new) in one line."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def check_loading_info(name: str, info: dict, head_prefixes: tuple[str, ...]) -> None:
+    """Fail if encoder weights were freshly initialised (wrong architecture or a broken folder);
+    a new task head (and BERT's pooler, which DistilBERT-style students lack) is expected."""
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    encoder_missing = [k for k in missing if not k.startswith(head_prefixes) and "pooler" not in k]
+    if encoder_missing:
+        raise DistilkitError(
+            f"model '{name}' is missing encoder weights (e.g. {encoder_missing[0]}); "
+            "is it the right architecture?"
+        )
+    if missing:
+        log.info("newly initialised: %s", ", ".join(sorted(missing)))
+
+
+def _load_classifier(ref: str, name: str, spec: TaskSpec, dropout: float | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+    if spec.kind == "regression":
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["id2label"] = dict(enumerate(spec.labels))
+        kwargs["label2id"] = {label: i for i, label in enumerate(spec.labels)}
+    try:
+        config = AutoConfig.from_pretrained(ref, **kwargs)
+        if dropout is not None:
+            for key in ("hidden_dropout_prob", "dropout", "seq_classif_dropout"):
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                ref, config=config, output_loading_info=True
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise DistilkitError(f"cannot load '{name}' for sequence classification: {exc}") from exc
+    check_loading_info(name, info, ("classifier", "pre_classifier", "score"))
+    return model
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
+    """logits (B, C) float; labels (B,) class indices, or (B,) scores for regression."""
+    if spec.kind == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def _label_tensor(examples: list[Example], spec: TaskSpec, device: torch.device) -> torch.Tensor:
+    dtype = torch.float32 if spec.kind == "regression" else torch.long
+    return torch.tensor([e.label for e in examples], dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    tokenizer,
+    examples: list[Example],
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> np.ndarray:
+    """Logits ``(N, C)`` in the order of ``examples`` (``C`` = 1 for regression).
+
+    Batches are formed from length-sorted examples, which cuts padding (and CPU time) a lot on
+    GLUE's mixed-length dev sets; the order is restored before returning.
+    """
+    model.eval()
+    order = sorted(
+        range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or "")
+    )
+    out: list[np.ndarray] = []
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start : start + batch_size]]
+        batch = tokenize(tokenizer, chunk, max_length, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**forward_kwargs(model, batch)).logits  # (B, C)
+        out.append(logits.float().cpu().numpy())
+    logits = np.concatenate(out)
+    restored = np.empty_like(logits)
+    restored[np.asarray(order)] = logits
+    return restored
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer,
+    spec: TaskSpec,
+    dev: dict[str, list[Example]],
+    cfg: FinetuneConfig,
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """The one evaluation path: logits on each dev split, then ``compute_metrics``."""
+    results = {}
+    for split, examples in dev.items():
+        logits = predict(
+            model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, device, cfg.bf16
+        )
+        gold = np.array([e.label for e in examples])
+        results[split] = compute_metrics(spec.name, logits, gold)
+    return results
+
+
+def _train_one(
+    cfg: FinetuneConfig,
+    spec: TaskSpec,
+    ref: str,
+    tokenizer,
+    train: list[Example],
+    dev: dict[str, list[Example]],
+    seed: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], nn.Module]:
+    set_seed(seed)  # before loading: the new head's initialisation depends on it
+    model = _load_classifier(ref, cfg.model, spec, cfg.dropout).to(device)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = int(cfg.warmup_ratio * total)
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    gen = torch.Generator().manual_seed(seed)
+    step, losses, t0 = 0, [], time.perf_counter()
+    model.train()
+    while step < total:
+        for idx in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
+            chunk = [train[i] for i in idx.tolist()]
+            batch = tokenize(tokenizer, chunk, cfg.max_length, device)
+            labels = _label_tensor(chunk, spec, device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(**forward_kwargs(model, batch)).logits  # (B, C)
+            loss = _loss(logits, labels, spec)
+            if not torch.isfinite(loss):
+                raise DistilkitError(f"seed {seed}: loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+            if cfg.log_every and step % cfg.log_every == 0:
+                recent = losses[-cfg.log_every :]
+                log.info(
+                    "seed %d step %d/%d loss %.4f lr %.2e",
+                    seed,
+                    step,
+                    total,
+                    sum(recent) / len(recent),
+                    scheduler.get_last_lr()[0],
+                )
+            if step >= total:
+                break
+    train_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics = evaluate(model, tokenizer, spec, dev, cfg, device)
+    run = {
+        "seed": seed,
+        "steps": step,
+        "train_loss_first": losses[0],
+        "train_loss_last": float(np.mean(losses[-max(1, min(50, len(losses) // 10)) :])),
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+        "dev": metrics,
+    }
+    main = next(iter(metrics))
+    log.info("seed %d: %s %s", seed, main, _fmt(metrics[main]))
+    return run, model
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per split and metric: median (the headline), mean, std, min, max and every value."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in runs[0]["dev"]:
+        out[split] = {}
+        for metric in runs[0]["dev"][split]:
+            values = [r["dev"][split][metric] for r in runs]
+            out[split][metric] = {
+                "median": statistics.median(values),
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+                "values": values,
+            }
+    return out
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on ``cfg.task`` for ``cfg.seeds`` seeds; write ``out/metrics.json``.
+
+    Returns the same dict as the JSON: ``score`` (median of the main dev split's score),
+    ``metrics`` (medians of the main split), ``summary`` (every split and metric with spread),
+    ``runs`` (per seed), ``parameters`` (of the encoder, without the task head), ``config``.
+    """
+    cfg.validate()
+    if not cfg.model or not cfg.task or not cfg.data_dir or not cfg.out:
+        raise DistilkitError("finetune needs model, task, data_dir and out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    data = load_task(cfg.task, cfg.data_dir, cfg.classification)
+    spec = data.spec
+    train = data.train
+    if cfg.max_train_examples and cfg.max_train_examples < len(train):
+        rng = random.Random(cfg.subset_seed)
+        keep = sorted(rng.sample(range(len(train)), cfg.max_train_examples))
+        train = [train[i] for i in keep]
+    dev = {
+        split: ex[: cfg.max_eval_examples] if cfg.max_eval_examples else ex
+        for split, ex in data.dev.items()
+    }
+    ref = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "%s: %d train examples (of %d), dev %s, model %s, device %s",
+        spec.title,
+        len(train),
+        len(data.train),
+        {k: len(v) for k, v in dev.items()},
+        cfg.model,
+        device,
+    )
+
+    runs, parameters = [], None
+    for i in range(cfg.seeds):
+        seed = cfg.seed + i
+        run, model = _train_one(cfg, spec, ref, tokenizer, train, dev, seed, device)
+        runs.append(run)
+        if parameters is None:
+            parameters = count_parameters(model.base_model)
+        if cfg.save_model:
+            model_dir = out / f"seed-{seed}" / "model"
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+        del model
+
+    summary = summarise(runs)
+    main = next(iter(summary))
+    result = {
+        "task": spec.name,
+        "title": spec.title,
+        "kind": "finetune",
+        "model": cfg.model,
+        "parameters": parameters,
+        "n_train": len(train),
+        "n_train_available": len(data.train),
+        "n_dev": {k: len(v) for k, v in dev.items()},
+        "main_split": main,
+        "score": summary[main]["score"]["median"],
+        "metrics": {k: v["median"] for k, v in summary[main].items()},
+        "summary": summary,
+        "runs": runs,
+        "config": to_dict(cfg),
+        "environment": environment(),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    spread = summary[main]["score"]
+    log.info(
+        "%s score median %.4f (min %.4f, max %.4f over %d seeds) -> %s",
+        spec.title,
+        spread["median"],
+        spread["min"],
+        spread["max"],
+        len(runs),
+        out / "metrics.json",
+    )
+    return result

@@ -1,0 +1,52 @@
+"""The triple loss of DistilBERT as pure tensor functions.
+
+Every function takes rows already selected (``(N, V)`` logits or ``(N, H)`` hidden states, one
+row per position that the loss uses) and returns ``sum over rows / normalizer``. Passing the
+number of rows of the whole accumulation window (all micro-batches, all ranks) as
+``normalizer`` makes k micro-batches give exactly the gradient of one batch k times larger;
+``normalizer=None`` is the plain mean over the given rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _norm(n_rows: int, normalizer: float | None) -> float:
+    return float(normalizer) if normalizer is not None else float(max(n_rows, 1))
+
+
+def soft_target_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """L_ce = T^2 / |S| * sum_i KL(softmax(t_i / T) || softmax(s_i / T)).
+
+    Args:
+        student_logits, teacher_logits: ``(N, V)`` logits at the selected positions.
+    Computed in float32 whatever the input dtype: bf16 log-softmax over 30K classes is too coarse.
+    """
+    t = temperature
+    s_logp = F.log_softmax(student_logits.float() / t, dim=-1)  # (N, V)
+    t_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)  # (N, V)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum()
+    return kl * (t * t) / _norm(student_logits.shape[0], normalizer)
+
+
+def mlm_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """L_mlm: cross-entropy of ``(N, V)`` logits against ``(N,)`` original token ids."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="sum")
+    return ce / _norm(logits.shape[0], normalizer)
+
+
+def hidden_cosine(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """L_cos = mean over rows of 1 - cos(h_s, h_t), for ``(N, H)`` last hidden states."""
+    cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (N,)
+    return (1.0 - cos).sum() / _norm(student_hidden.shape[0], normalizer)

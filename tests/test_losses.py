@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from distilkit.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl
+
+
+def _logits(seed: int, n: int = 7, v: int = 11) -> torch.Tensor:
+    return torch.randn(n, v, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_kl_matches_torch_kl_div_with_t_squared():
+    s, t = _logits(0), _logits(1)
+    for temp in (1.0, 2.0, 4.0):
+        ref = (
+            F.kl_div(F.log_softmax(s / temp, -1), F.softmax(t / temp, -1), reduction="batchmean")
+            * temp**2
+        )
+        torch.testing.assert_close(soft_target_kl(s, t, temp), ref)
+
+
+def test_kl_is_zero_for_identical_logits_and_positive_otherwise():
+    s = _logits(0)
+    assert soft_target_kl(s, s.clone(), 2.0).abs() < 1e-6
+    assert soft_target_kl(s, _logits(1), 2.0) > 0.1
+
+
+def test_t_squared_scaling_keeps_gradient_scale_comparable():
+    # At high T the gradient of KL(T) shrinks like 1/T^2; the T^2 factor undoes it, so doubling T
+    # leaves the gradient norm about unchanged (without the factor it would drop 4x).
+    s = _logits(0).requires_grad_()
+    t = _logits(1)
+    grads = []
+    for temp in (8.0, 16.0):
+        (g,) = torch.autograd.grad(soft_target_kl(s, t, temp), s)
+        grads.append(g.norm())
+    ratio = grads[0] / grads[1]
+    assert 0.85 < ratio < 1.2
+
+
+def test_normalizer_sums_then_divides():
+    s, t = _logits(0), _logits(1)
+    a = soft_target_kl(s[:3], t[:3], 2.0, normalizer=7)
+    b = soft_target_kl(s[3:], t[3:], 2.0, normalizer=7)
+    torch.testing.assert_close(a + b, soft_target_kl(s, t, 2.0))
+
+
+def test_mlm_cross_entropy_matches_torch():
+    s = _logits(2)
+    labels = torch.tensor([0, 3, 5, 1, 10, 2, 2])
+    torch.testing.assert_close(mlm_cross_entropy(s, labels), F.cross_entropy(s, labels))
+    torch.testing.assert_close(
+        mlm_cross_entropy(s, labels, normalizer=14), F.cross_entropy(s, labels) / 2
+    )
+
+
+def test_hidden_cosine():
+    h = torch.randn(5, 8)
+    assert hidden_cosine(h, 3 * h).abs() < 1e-6  # scale-invariant, zero for parallel vectors
+    torch.testing.assert_close(hidden_cosine(h, -h), torch.tensor(2.0))
+    ref = F.cosine_embedding_loss(h, h.flip(0), torch.ones(5))
+    torch.testing.assert_close(hidden_cosine(h, h.flip(0)), ref)
