@@ -109,7 +109,8 @@ def test_bench_writes_every_field(models, tmp_path):
         assert (tp["batch"], tp["seq"]) == (2, 16)
         assert tp["sequences_per_s"] > 0 and tp["tokens_per_s"] > 0 and tp["batch_s_median"] > 0
         mem = m["memory"]
-        assert mem["isolated"] and mem["peak_rss_mb"] > 0 and mem["model_rss_mb"] is not None
+        assert mem["isolated"] and mem["peak_rss_mb"] > 0
+        assert mem["model_rss_mb"] is not None and mem["loaded_rss_mb"] is not None
         assert mem["peak_cuda_mb"] is None  # CPU run
         assert set(m["ratios"]) == {
             "speedup_latency",

@@ -353,6 +353,7 @@ class _Runner:
                 "token_type_ids": np.zeros_like(ids),
             }
         )
+        self.rss_loaded = _current_rss()  # weights and inputs in memory, nothing run yet
 
     def _feed(self, enc) -> dict[str, Any]:
         if self.kind == "onnx":
@@ -419,13 +420,17 @@ class _Runner:
             "isolated": self.cfg.isolate,
             "peak_rss_mb": None,
             "model_rss_mb": None,
+            "loaded_rss_mb": None,
             "peak_cuda_mb": None,
         }
         if self.cfg.isolate:  # a process-wide peak is only this model's in its own process
             peak = _peak_rss()
             mem["peak_rss_mb"] = peak
-            if peak is not None and self.rss_before is not None:
-                mem["model_rss_mb"] = peak - self.rss_before
+            if self.rss_before is not None:
+                # peak above the post-import baseline: weights + activations + runtime buffers
+                mem["model_rss_mb"] = None if peak is None else peak - self.rss_before
+                # after loading, before any forward pass: roughly the weights' footprint
+                mem["loaded_rss_mb"] = self.rss_loaded - self.rss_before
         if self.device == "cuda" and self.kind == "pytorch":
             import torch
 
@@ -687,7 +692,8 @@ def _markdown(result: dict[str, Any]) -> str:
         ("throughput (seq/s)", lambda r: f"{r['throughput']['sequences_per_s']:.1f}"),
         ("× throughput", lambda r: _fmt(r["ratios"]["speedup_throughput"], ".2f", "×")),
         ("peak RSS (MB)", lambda r: _fmt(r["memory"]["peak_rss_mb"], ".0f")),
-        ("model RSS (MB)", lambda r: _fmt(r["memory"]["model_rss_mb"], ".0f")),
+        ("RSS after load (MB)", lambda r: _fmt(r["memory"]["loaded_rss_mb"], ".0f")),
+        ("model RSS peak (MB)", lambda r: _fmt(r["memory"]["model_rss_mb"], ".0f")),
     ]
     if any(r["memory"]["peak_cuda_mb"] is not None for r in rows):
         columns.append(("peak CUDA (MB)", lambda r: _fmt(r["memory"]["peak_cuda_mb"], ".0f")))
@@ -703,7 +709,10 @@ def _markdown(result: dict[str, Any]) -> str:
         f"(median total shown), tokenisation excluded. Speed-up (pass): ratio of pass totals; "
         f"speed-up (median): ratio of per-pair medians, the steadier one on a loaded machine. "
         f"Device {proto['device']}, threads {proto['threads']}. Throughput: "
-        f"{proto['throughput']}. Ratios against the first row.",
+        f"{proto['throughput']}. Ratios against the first row. Memory (own process per model): "
+        f"peak RSS of the process; RSS after load and model RSS peak are above the baseline "
+        f"after imports (after load: weights and inputs; peak: plus activations and runtime "
+        f"buffers at the throughput batch).",
         f"Machine: {env['cpu']}, {env['cpus_usable']} usable CPUs; load average "
         f"{env['loadavg_start']} at start, {env['loadavg_end']} at end (other jobs may share "
         f"the machine). {env['date']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}.",

@@ -45,6 +45,11 @@ def run(args) -> int:
         },
     )
     r = adapt_teacher(cfg, resume=args.resume)
+    if r.halted:
+        print(
+            f"halted after step {r.steps} with a checkpoint in {r.out_dir}; continue with --resume"
+        )
+        return 0
     ev = ", ".join(f"{k} {v:.4f}" for k, v in r.final_eval.items())
     print(f"adapted teacher saved to {r.out_dir} after {r.steps} steps ({ev})")
     return 0

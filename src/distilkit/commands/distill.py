@@ -41,6 +41,11 @@ def run(args) -> int:
         },
     )
     r = distill(cfg, resume=args.resume)
+    if r.halted:
+        print(
+            f"halted after step {r.steps} with a checkpoint in {r.out_dir}; continue with --resume"
+        )
+        return 0
     ev = ", ".join(f"{k} {v:.4f}" for k, v in r.final_eval.items())
     print(
         f"student saved to {r.out_dir}: {r.steps} steps, {r.tokens_per_second:,.0f} tokens/s; {ev}"
