@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_corpus
-
 from distilkit import cli
 
 STAGES = ("prepare", "init-student", "adapt-teacher", "distill", "demo")
