@@ -6,7 +6,8 @@ Steps, all written under ``--out``:
    do not depend on whether it has been distilled yet, so the initialised student is measured.
 2. ``onnx-teacher/``, ``onnx-student/``: encoder exports, fp32 and int8, parity-checked. The
    teacher's own ONNX rows separate the runtime's gain from the gain of distillation.
-3. ``bench/``: ``distilkit bench`` over the six models (STS-B dev, batch 1, interleaved passes).
+   ``onnx-student-pc/`` and ``onnx-student-ffn/``: the two more accurate int8 recipes.
+3. ``bench/``: ``distilkit bench`` over the eight models (STS-B dev, batch 1, interleaved passes).
 4. ``sst2/``: the student fine-tuned on an SST-2 training subset (``distilkit finetune``), exported
    as a classifier to ONNX and int8 with the dev-set metric check: PyTorch vs fp32 ONNX vs int8
    on the full SST-2 dev set (872 sentences). Variants of the int8 recipe are measured too.
@@ -74,6 +75,21 @@ def _export_once(model: str, folder: Path, **kw) -> None:
 def speed(args, out: Path, student: Path) -> dict:
     _export_once("minilm", out / "onnx-teacher", head="encoder", quantize="int8")
     _export_once(str(student), out / "onnx-student", head="encoder", quantize="int8")
+    # The two more accurate int8 recipes, to show what their accuracy costs in speed.
+    _export_once(
+        str(student),
+        out / "onnx-student-pc",
+        head="encoder",
+        quantize="int8",
+        int8_per_channel=True,
+    )
+    _export_once(
+        str(student),
+        out / "onnx-student-ffn",
+        head="encoder",
+        quantize="int8",
+        int8_keep_ffn_output=True,
+    )
     cfg = BenchConfig(
         models=[
             "teacher fp32 (PyTorch)=minilm",
@@ -82,6 +98,8 @@ def speed(args, out: Path, student: Path) -> dict:
             f"student fp32 (ONNX)={out / 'onnx-student'}",
             f"teacher int8 (ONNX)={out / 'onnx-teacher' / INT8_FILE}",
             f"student int8 (ONNX)={out / 'onnx-student' / INT8_FILE}",
+            f"student int8 per-channel (ONNX)={out / 'onnx-student-pc' / INT8_FILE}",
+            f"student int8 keep-FFN (ONNX)={out / 'onnx-student-ffn' / INT8_FILE}",
         ],
         out=str(out / "bench"),
         data_dir=args.data_dir,
@@ -166,6 +184,7 @@ def task(args, out: Path, student: Path) -> dict:
             "onnx_fp32": m["scores"]["model.onnx"]["score"],
             "onnx_int8": m["scores"][INT8_FILE]["score"],
             "drop_points_int8": m["drop_points"][INT8_FILE],
+            "int8_prediction_agreement": (m.get("prediction_agreement") or {}).get(INT8_FILE),
             "int8_bytes": manifest["files"][INT8_FILE]["bytes"],
             "parity_int8_relative_max_diff": manifest["parity"]["int8"]["relative_max_diff"],
             "folder": str(folder),

@@ -20,6 +20,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
 def _result(task: str, score: float, metrics: dict, params: int, seeds: int = 1) -> dict:
     return {
         "task": task,
+        "kind": "zeroshot" if task.endswith("-zeroshot") else "finetune",
         "score": score,
         "metrics": {**metrics, "score": score},
         "parameters": {"total": params},
@@ -71,7 +72,7 @@ def test_report_numbers_and_markdown():
     assert lines[3] == "| Student | 66.0M | 46.0 | 40.0 | 78.0 | 20.0 |"
     assert lines[4] == "| retention (student / teacher) | 60.0% | 106.2% | 80.0% | 97.5% | n/a |"
     assert "| MRPC | acc/F1 75.0/85.0 | acc/F1 70.0/86.0 |" in md
-    assert "medians over 1/5 seed(s)" in md
+    assert "medians over 5 seed(s)" in md  # zero-shot has no seeds
 
 
 def _write(folder: Path, result: dict) -> None:

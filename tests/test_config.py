@@ -21,7 +21,11 @@ SCHEMAS = {
     "quickstart-cpu-adapt.yaml": AdaptConfig,
     "quickstart-cpu.yaml": DistillConfig,
 }
-TESTED_ELSEWHERE = {"finetune.yaml", "bench_paper.yaml"}  # test_finetune.py, test_bench.py
+TESTED_ELSEWHERE = {
+    "finetune.yaml",  # test_finetune.py
+    "bench_paper.yaml",  # test_bench.py
+    "ablation.yaml",  # test_ablate.py
+}
 
 
 def test_every_shipped_config_is_covered():
@@ -73,6 +77,8 @@ def test_overrides_and_flags_take_precedence(tmp_path):
     assert cfg.teacher == "b" and cfg.train.max_steps == 7
     assert cfg.loss.alpha_cos == 0.0 and cfg.student_layers == [0, 2]
     assert cfg.train.batch_size == 8  # untouched default
+    cfg = load_config(DistillConfig, None, ["train.optim.lr=3e-5"])  # YAML 1.1 says "3e-5"
+    assert cfg.train.optim.lr == 3e-5
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(DistillConfig, None, ["train.max_steps"])
     with pytest.raises(ConfigError, match="expected an integer"):

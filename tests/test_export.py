@@ -157,6 +157,8 @@ def test_metric_check_records_pytorch_and_each_file(exported):
     assert set(metric["scores"]) == {"pytorch", FP32_FILE, INT8_FILE}
     # fp32 ONNX computes the same function: the same predictions, so no metric change.
     assert metric["drop_points"][FP32_FILE] == pytest.approx(0.0, abs=1e-9)
+    assert metric["prediction_agreement"][FP32_FILE] == 1.0
+    assert 0.0 <= metric["prediction_agreement"][INT8_FILE] <= 1.0
 
 
 def test_parity_failure_raises_and_writes_nothing(exported, tmp_path, monkeypatch):

@@ -11,9 +11,9 @@
   allocation (PyTorch on GPU).
 
 Fairness on a shared machine: each model runs in its own process (``isolate``), so peak memory is
-its own and no allocator state leaks between models, and the full passes are *interleaved*
-(pass 1 of every model, then pass 2, ...), so a burst of load from another job hits every model
-alike instead of one. Totals are medians over ``repeats`` passes. Thread counts are fixed.
+its own and no allocator state leaks between models; full passes and throughput batches are
+*interleaved* (pass 1 of every model, then pass 2, ...), so a burst of load from another job hits
+every model alike instead of one. Totals are medians over ``repeats`` passes; threads are fixed.
 
 Every ratio compares with the first model: ``speedup`` = its time / this time, ``size_ratio`` =
 this size / its size. Outputs: ``bench.json``, ``bench.md`` and ``bench.png`` in ``out``.
@@ -138,10 +138,14 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 totals[i].append(total)
                 per_example[i].append(times)
                 log.info("pass %d/%d %s: %.2fs", rep + 1, cfg.repeats, specs[i].label, total)
-        throughputs = [r.throughput() for r in runners]
+        batch_times: list[list[float]] = [[] for _ in runners]
+        for _ in range(cfg.throughput_iters):
+            for i, r in enumerate(runners):  # interleaved too
+                batch_times[i].append(r.throughput_batch())
+        throughputs = [_throughput(cfg, t) for t in batch_times]
         memories = [r.memory() for r in runners]
     finally:
-        for r in runners:
+        for r in reversed(runners):  # in-process runners restore torch's thread count in turn
             r.close()
 
     rows = []
@@ -186,6 +190,18 @@ def bench(cfg: BenchConfig) -> BenchResult:
 
 
 # ----------------------------------------------------------------------------- models
+
+
+def _throughput(cfg: BenchConfig, times: list[float]) -> dict[str, Any]:
+    batch_s = statistics.median(times)
+    return {
+        "batch": cfg.throughput_batch,
+        "seq": cfg.throughput_seq,
+        "batch_s_median": batch_s,
+        "batch_s_runs": times,
+        "sequences_per_s": cfg.throughput_batch / batch_s,
+        "tokens_per_s": cfg.throughput_batch * cfg.throughput_seq / batch_s,
+    }
 
 
 def _parse_spec(text: str) -> _Spec:
@@ -399,21 +415,11 @@ class _Runner:
             times[i] = clock() - t0
         return clock() - start, times
 
-    def throughput(self) -> dict[str, Any]:
+    def throughput_batch(self) -> float:
+        """Seconds for one batch of throughput_batch x throughput_seq."""
+        t0 = time.perf_counter()
         self._forward(self.batch_feed)
-        times = []
-        for _ in range(self.cfg.throughput_iters):
-            t0 = time.perf_counter()
-            self._forward(self.batch_feed)
-            times.append(time.perf_counter() - t0)
-        batch_s = statistics.median(times)
-        return {
-            "batch": self.cfg.throughput_batch,
-            "seq": self.cfg.throughput_seq,
-            "batch_s_median": batch_s,
-            "sequences_per_s": self.cfg.throughput_batch / batch_s,
-            "tokens_per_s": self.cfg.throughput_batch * self.cfg.throughput_seq / batch_s,
-        }
+        return time.perf_counter() - t0
 
     def memory(self) -> dict[str, Any]:
         mem: dict[str, Any] = {
@@ -477,8 +483,8 @@ class _Remote:
     def latency_pass(self) -> tuple[float, np.ndarray]:
         return self._call("latency_pass")
 
-    def throughput(self) -> dict[str, Any]:
-        return self._call("throughput")
+    def throughput_batch(self) -> float:
+        return self._call("throughput_batch")
 
     def memory(self) -> dict[str, Any]:
         return self._call("memory")
@@ -625,7 +631,7 @@ def _protocol(cfg: BenchConfig, device: str) -> dict[str, Any]:
         "latency": "STS-B dev sentence pairs, batch size 1, one full pass per repeat (paper "
         "Table 3); tokenisation excluded; passes interleaved across models",
         "throughput": f"batch {cfg.throughput_batch} x sequence {cfg.throughput_seq}, median of "
-        f"{cfg.throughput_iters} batches",
+        f"{cfg.throughput_iters} interleaved batches",
         "device": device,
         "threads": cfg.threads or "library default",
         "repeats": cfg.repeats,

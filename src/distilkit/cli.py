@@ -8,6 +8,7 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -28,6 +29,7 @@ COMMANDS = [
     "compare",
     "export",
     "bench",
+    "ablate",
 ]
 
 
@@ -52,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """End bars an error interrupted, so that the error line starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     # Offline by default for anything that looks like a local path; hub ids still work online.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -67,7 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except DistilkitError as exc:
-        print(f"distilkit {args.command}: error: {exc}", file=sys.stderr)
+        _close_progress_bars()
+        # One line, even when the message wraps another library's multi-line error.
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"distilkit {args.command}: error: {text}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Disk full anywhere (stages clean up their temporary folders before this).
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _close_progress_bars()
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"distilkit {args.command}: error: no space left on device{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"distilkit {args.command}: interrupted", file=sys.stderr)

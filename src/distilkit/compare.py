@@ -184,15 +184,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {title} | {_detail(t, report['teacher']['metrics'][t])} | "
             f"{_detail(t, report['student']['metrics'][t])} |"
         )
-    seeds = sorted({report[r]["seeds"].get(t, 1) for r in ("teacher", "student") for t in tasks})
+    seeds = sorted(
+        {n for r in ("teacher", "student") for t, n in report[r]["seeds"].items() if n is not None}
+    )
     notes = [
         f"Teacher: `{report['teacher']['model']}`. Student: `{report['student']['model']}`.",
         "Scores ×100 on the dev sets. Score = macro average of the task scores shown: "
         "CoLA Matthews corr.; STS-B mean of Pearson and Spearman (0-shot: Spearman of cosine "
         "similarities); MRPC/QQP mean of accuracy and F1; SQuAD mean of EM and F1; others "
         "accuracy.",
-        f"Fine-tuned results are medians over {'/'.join(map(str, seeds))} seed(s). "
-        "Retention is undefined (n/a) where the teacher scores ≤ 0. "
+        (
+            f"Fine-tuned results are medians over {'/'.join(map(str, seeds))} seed(s). "
+            if seeds
+            else ""
+        )
+        + "Retention is undefined (n/a) where the teacher scores ≤ 0. "
         "Parameters: the encoder without task heads.",
     ]
     return "\n".join(rows) + "\n\n" + "\n".join(detail) + "\n\n" + "\n\n".join(notes) + "\n"
@@ -269,7 +275,13 @@ def build_report(
             "scores": scores,
             "macro": sum(scores.values()) / len(scores),
             "metrics": {t: results[t]["metrics"] for t in tasks},
-            "seeds": {t: int(results[t].get("config", {}).get("seeds", 1)) for t in tasks},
+            # Seeds only mean something for fine-tuned results (zero-shot has no randomness).
+            "seeds": {
+                t: int(results[t].get("config", {}).get("seeds", 1))
+                if results[t].get("kind", "finetune") == "finetune"
+                else None
+                for t in tasks
+            },
         }
     t, s = report["teacher"], report["student"]
     report["retention"] = {

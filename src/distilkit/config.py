@@ -7,6 +7,7 @@ recipe never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 from distilkit.errors import DistilkitError
 
 T = TypeVar("T")
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(DistilkitError):
@@ -137,6 +140,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': cannot parse value ({exc})") from exc
+    if isinstance(value, str):
+        # YAML 1.1 reads `3e-5` (no dot) as a string; on the command line it means a number.
+        try:
+            value = float(value) if _FLOAT.fullmatch(value.strip()) else value
+        except ValueError:
+            pass
     return key, value
 
 

@@ -209,6 +209,10 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
 
     teacher, teacher_headless = load_mlm(cfg.teacher)
     t_tok = load_tokenizer(cfg.teacher)
+    # Checks that need no student come before building one, so that a failure leaves no
+    # student-init behind in the output folder.
+    loss = _resolve_alphas(cfg.loss, teacher_headless, cfg.teacher)
+    _check_data_vocabulary(data, t_tok)
     student_ref = cfg.student
     if not student_ref:
         student_ref = str(out / "student-init")
@@ -223,7 +227,6 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
     student, _ = load_mlm(student_ref)
     s_tok = load_tokenizer(student_ref)
 
-    loss = _resolve_alphas(cfg.loss, teacher_headless, cfg.teacher)
     _check_compatible(teacher, student, t_tok, s_tok, data, loss)
 
     teacher.to(rt.device).eval().requires_grad_(False)
@@ -307,6 +310,14 @@ def _resolve_alphas(loss: LossConfig, teacher_headless: bool, teacher: str) -> L
     return loss
 
 
+def _check_data_vocabulary(data: TokenDataset, t_tok) -> None:
+    if data.manifest.get("vocab_fingerprint") != vocab_fingerprint(t_tok):
+        raise DistilkitError(
+            f"dataset {data.root} was tokenised with a different vocabulary than the teacher's "
+            f"(prepared with {data.manifest.get('tokenizer')}); run `distilkit prepare` again"
+        )
+
+
 def _check_compatible(teacher, student, t_tok, s_tok, data: TokenDataset, loss) -> None:
     tv, sv = teacher.config.vocab_size, student.config.vocab_size
     if tv != sv:
@@ -314,11 +325,7 @@ def _check_compatible(teacher, student, t_tok, s_tok, data: TokenDataset, loss) 
     t_fp, s_fp = vocab_fingerprint(t_tok), vocab_fingerprint(s_tok)
     if t_fp != s_fp:
         raise DistilkitError("teacher and student tokenizers have different vocabularies")
-    if data.manifest.get("vocab_fingerprint") != t_fp:
-        raise DistilkitError(
-            f"dataset {data.root} was tokenised with a different vocabulary than the teacher's "
-            f"(prepared with {data.manifest.get('tokenizer')}); run `distilkit prepare` again"
-        )
+    _check_data_vocabulary(data, t_tok)
     th = getattr(teacher.config, "hidden_size", None) or teacher.config.dim
     sh = getattr(student.config, "hidden_size", None) or student.config.dim
     if loss.alpha_cos and th != sh:

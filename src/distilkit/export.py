@@ -174,12 +174,18 @@ def load_torch_model(name: str | Path, head: str = "auto") -> tuple[nn.Module, s
     if head not in _HEADS:
         raise DistilkitError(f"unknown head '{head}' (known: auto, {', '.join(_HEADS)})")
     auto_cls = getattr(transformers, _HEADS[head][0])
+    # transformers prints a load report listing e.g. a masked-LM head left out of an encoder;
+    # that is expected here, and the missing keys that matter are checked just below.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
         model, info = auto_cls.from_pretrained(
             ref, config=config, dtype=torch.float32, output_loading_info=True
         )
     except (OSError, ValueError, KeyError) as exc:
         raise DistilkitError(f"cannot load '{name}' as {head}: {exc}") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     # BERT's pooler is unused by every exported output; anything else missing is a real gap.
     missing = [k for k in missing if "pooler" not in k]
@@ -658,10 +664,15 @@ def _check_metric(model, tokenizer, folder: Path, files: list[str], cfg: ExportC
         model, tokenizer, examples, cfg.max_length, _EVAL_BATCH, torch.device("cpu")
     )  # (N, C)
     scores = {"pytorch": compute_metrics(spec.name, ref_logits, gold)}
+    agreement: dict[str, float] = {}
     for name in files:
         session = OnnxModel(folder / name, threads=cfg.threads)
         logits = _onnx_logits(session, tokenizer, examples, cfg.max_length)
         scores[name] = compute_metrics(spec.name, logits, gold)
+        if spec.kind == "classification":
+            # Net metric change hides flips that cancel out; the flip rate does not.
+            same = logits.argmax(-1) == ref_logits.argmax(-1)
+            agreement[name] = float(same.mean())
     result: dict[str, Any] = {
         "task": spec.name,
         "split": split,
@@ -669,6 +680,7 @@ def _check_metric(model, tokenizer, folder: Path, files: list[str], cfg: ExportC
         "scores": scores,
         "max_drop_points": cfg.max_metric_drop,
         "drop_points": {},
+        "prediction_agreement": agreement or None,
     }
     base = scores["pytorch"]["score"]
     for name in files:

@@ -66,6 +66,13 @@ def resolve_model(name: str | Path) -> str:
     return str(path)
 
 
+def _not_local(name: str | Path) -> str:
+    """Say so when a name that failed to load is not a local folder (a typo, not the hub)."""
+    if Path(str(name)).expanduser().exists():
+        return ""
+    return " (no local folder of that name; tried as a Hugging Face hub id)"
+
+
 def load_tokenizer(name: str | Path):
     """The model's fast tokenizer; distillation relies on fast (Rust) tokenisation."""
     from transformers import AutoTokenizer
@@ -74,7 +81,9 @@ def load_tokenizer(name: str | Path):
     try:
         tok = AutoTokenizer.from_pretrained(ref)
     except OSError as exc:
-        raise DistilkitError(f"cannot load a tokenizer from '{name}': {exc}") from exc
+        raise DistilkitError(
+            f"cannot load a tokenizer from '{name}'{_not_local(name)}: {exc}"
+        ) from exc
     if not getattr(tok, "is_fast", False):
         raise DistilkitError(f"tokenizer of '{name}' is not a fast tokenizer")
     return tok
@@ -94,7 +103,9 @@ def load_mlm(name: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mod
             ref, output_loading_info=True, dtype=dtype or torch.float32
         )
     except (OSError, ValueError) as exc:
-        raise DistilkitError(f"cannot load a masked-LM model from '{name}': {exc}") from exc
+        raise DistilkitError(
+            f"cannot load a masked-LM model from '{name}'{_not_local(name)}: {exc}"
+        ) from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     head_missing = any(_is_head_key(k) for k in missing)
     other_missing = [k for k in missing if not _is_head_key(k)]

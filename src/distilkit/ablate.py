@@ -1,0 +1,893 @@
+"""``distilkit ablate``: the paper's Table 4 on a real teacher, in one resumable command.
+
+The chain: prepare the corpus -> give the teacher a masked-LM head (``adapt_teacher``) -> build
+the students -> distil five of them with one budget -> fine-tune every model on GLUE (median of
+seeds) and score STS-B zero-shot -> time them with ``bench`` -> write the report
+(``ablate_report``: markdown, JSON, loss curves, bar charts).
+
+The six students (``VARIANTS``) have the same architecture, ``student_layers`` layers:
+
+- (i) triple loss, initialised from teacher layers (the paper's recipe);
+- (ii)-(iv) the same without L_ce, L_cos or L_mlm;
+- (v) triple loss from freshly initialised weights;
+- (vi) no distillation: the teacher-initialised student as it is (layer dropping only).
+
+Resuming: every sub-run (the data, the teacher, each student, each fine-tuning seed, each
+zero-shot score, the benchmark) writes its own folder and, beside it, ``<folder>.step.json``
+holding the settings it was made with. A rerun skips finished sub-runs, continues interrupted
+distillations from their checkpoints, and refuses to mix in a finished result made with other
+settings (the table would then compare unlike things).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from distilkit.config import ConfigError, load_config, parse_override, to_dict
+from distilkit.errors import DistilkitError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STEP_SUFFIX = ".step.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes (configs/ablation.yaml)
+
+
+@dataclass
+class TeacherSize:
+    name: str = "minilm"
+    """'minilm' (the packaged all-MiniLM-L6-v2), a folder or hub id, or 'tiny-random': a random
+    headless BERT built from the numbers below, with the vocabulary of ``tokenizer``."""
+    tokenizer: str = "minilm"
+    """Tokenizer of a 'tiny-random' teacher (other teachers bring their own)."""
+    layers: int = 6
+    hidden: int = 32
+    heads: int = 2
+    intermediate: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DataSize:
+    corpus: list[str] = field(
+        default_factory=lambda: ["../shared/data/corpus/enwiki2015_sample.txt.gz"]
+    )
+    max_length: int = 128
+    max_documents: int = 0
+    """0: the whole corpus."""
+    validation_fraction: float = 0.01
+    seed: int = 56
+
+
+@dataclass
+class AdaptSize:
+    steps: int = 400
+    """Optimizer steps fitting the teacher's masked-LM head (0: use the teacher as it is; it
+    must then have a head)."""
+    batch_size: int = 32
+    head_lr: float = 2e-3
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 40
+    checkpoint_every: int = 0
+
+
+@dataclass
+class DistillSize:
+    """One budget for every distilled student."""
+
+    steps: int = 800
+    batch_size: int = 16
+    grad_accumulation: int = 4
+    lr: float = 5e-4
+    warmup_ratio: float = 0.05
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    alpha_cos: float = 1.0
+    temperature: float = 2.0
+    seed: int = 56
+    """Training seed (batch order, masks, dropout) and the seed of the random init (v)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 40
+    checkpoint_every: int = 50
+
+
+@dataclass
+class EvalSize:
+    glue_dir: str = "../shared/data/glue"
+    tasks: list[str] = field(default_factory=lambda: ["cola", "sst2", "stsb"])
+    """Fine-tuned GLUE tasks; their mean is the macro score (as in the paper's Table 4)."""
+    seeds: int = 3
+    overrides: list[str] = field(default_factory=list)
+    """KEY=VALUE for every fine-tuning run, on top of configs/finetune.yaml."""
+    task_overrides: dict[str, list[str]] = field(default_factory=dict)
+    """Per task, KEY=VALUE on top of ``overrides`` (e.g. an SST-2 training subset)."""
+    zeroshot: bool = True
+    """Also score STS-B zero-shot (mean-pooled embeddings, cosine, Spearman)."""
+    zeroshot_max_examples: int = 0
+
+    def validate(self) -> None:
+        from distilkit.tasks import get_task
+
+        if not self.tasks:
+            raise ConfigError("config key 'evaluate.tasks' must list at least one task")
+        if self.seeds < 1:
+            raise ConfigError("config key 'evaluate.seeds' must be at least 1")
+        names = [get_task(t).name for t in self.tasks]
+        for task, items in self.task_overrides.items():
+            if get_task(task).name not in names:
+                raise ConfigError(f"evaluate.task_overrides: '{task}' is not in evaluate.tasks")
+            if not isinstance(items, list):
+                raise ConfigError(f"evaluate.task_overrides.{task} must be a list of KEY=VALUE")
+        for text in self.overrides + [x for v in self.task_overrides.values() for x in v]:
+            key, _ = parse_override(str(text))
+            if key in _RUN_KEYS:
+                raise ConfigError(f"evaluate override '{text}': '{key}' is set by the study")
+
+
+# Fine-tuning fields the study sets per run; an override of them would break seeds or folders.
+_RUN_KEYS = ("model", "task", "data_dir", "out", "seeds", "seed", "save_model")
+
+
+@dataclass
+class BenchSize:
+    enabled: bool = True
+    max_examples: int = 0
+    """STS-B dev pairs of the latency pass (0: all 1,500, the paper's Table 3)."""
+    repeats: int = 3
+    warmup: int = 20
+    threads: int = 1
+    isolate: bool = True
+    throughput_batch: int = 32
+    throughput_seq: int = 128
+    throughput_iters: int = 10
+
+
+@dataclass
+class AblationSize:
+    """Every number of one size of the study."""
+
+    description: str = ""
+    report: str = "docs/results/ablation.md"
+    """Markdown report; its PNG and JSON go into a folder of the same stem beside it. Empty:
+    OUT/report/ablation.md."""
+    teacher: TeacherSize = field(default_factory=TeacherSize)
+    student_layers: int = 3
+    data: DataSize = field(default_factory=DataSize)
+    adapt: AdaptSize = field(default_factory=AdaptSize)
+    distill: DistillSize = field(default_factory=DistillSize)
+    evaluate: EvalSize = field(default_factory=EvalSize)
+    bench: BenchSize = field(default_factory=BenchSize)
+    threads: int = 0
+    """torch CPU threads for training and evaluation (0: torch's default)."""
+
+    def validate(self) -> None:
+        if self.student_layers < 1:
+            raise ConfigError("config key 'student_layers' must be at least 1")
+
+
+@dataclass
+class AblationSizes:
+    """The shipped sizes file."""
+
+    tiny: AblationSize = field(default_factory=AblationSize)
+    cpu: AblationSize = field(default_factory=AblationSize)
+    gpu: AblationSize = field(default_factory=AblationSize)
+
+
+SIZES = ("tiny", "cpu", "gpu")
+
+
+def default_sizes_path() -> Path:
+    for candidate in (
+        Path.cwd() / "configs" / "ablation.yaml",
+        REPO_ROOT / "configs" / "ablation.yaml",
+    ):
+        if candidate.is_file():
+            return candidate
+    raise DistilkitError("cannot find configs/ablation.yaml; give --sizes FILE")
+
+
+def load_size(
+    name: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> AblationSize:
+    """Size ``name`` of the sizes file, with ``KEY=VALUE`` overrides (e.g. ``distill.steps=10``)."""
+    if name not in SIZES:
+        raise DistilkitError(f"unknown size '{name}' (known: {', '.join(SIZES)})")
+    sizes = load_config(AblationSizes, path or default_sizes_path())
+    tree = to_dict(getattr(sizes, name))
+    return load_config(AblationSize, None, list(overrides), flags=tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# The variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    slug: str
+    label: str
+    init: Literal["teacher", "random"]
+    drop: str | None = None
+    """Loss part removed: 'ce', 'mlm' or 'cos'."""
+    distill: bool = True
+    paper_delta: float | None = None
+    """Change of the GLUE macro score against (i) in the paper's Table 4."""
+
+
+VARIANTS = (
+    Variant("i", "i-triple-loss", "triple loss + teacher init", "teacher", paper_delta=0.0),
+    Variant("ii", "ii-no-ce", "without L_ce", "teacher", drop="ce", paper_delta=-2.96),
+    Variant("iii", "iii-no-cos", "without L_cos", "teacher", drop="cos", paper_delta=-1.46),
+    Variant("iv", "iv-no-mlm", "without L_mlm", "teacher", drop="mlm", paper_delta=-0.31),
+    Variant("v", "v-random-init", "triple loss + random init", "random", paper_delta=-3.69),
+    Variant(
+        "vi",
+        "vi-no-distillation",
+        "no distillation (teacher layers only)",
+        "teacher",
+        distill=False,
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable sub-runs
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip, so that settings compare equal to what a record file holds."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _digest(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(_plain(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "<all>"]
+
+
+class _Step:
+    """One sub-run: its output ``folder`` and the record ``<folder>.step.json`` beside it."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any]):
+        self.folder = folder
+        self.record_path = folder.with_name(folder.name + STEP_SUFFIX)
+        self.settings = _plain(settings)
+        self.digest = _digest(self.settings)
+        self.record: dict[str, Any] | None = None
+        if self.record_path.is_file():
+            try:
+                self.record = json.loads(self.record_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:  # a torn write: the run is not known to be finished
+                self.record = None
+
+    @property
+    def done(self) -> bool:
+        r = self.record
+        if not r or not r.get("finished") or not self.folder.exists():
+            return False
+        if r.get("settings") != self.settings:
+            keys = ", ".join(_diff(r.get("settings"), self.settings)[:6])
+            raise DistilkitError(
+                f"{self.folder} was finished with other settings (differing: {keys}); delete it "
+                "(and its .step.json) to redo it, or give another --out"
+            )
+        return True
+
+    @property
+    def same_settings(self) -> bool:
+        return bool(self.record) and self.record.get("settings") == self.settings
+
+    def start(self) -> float:
+        self._write({"settings": self.settings, "finished": False, "started": _now()})
+        return time.time()
+
+    def finish(self, started: float, summary: dict[str, Any] | None = None) -> None:
+        self._write(
+            {
+                "settings": self.settings,
+                "finished": True,
+                "finished_at": _now(),
+                "seconds": round(time.time() - started, 2),
+                "summary": summary or {},
+            }
+        )
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.record = _plain(record)
+        self.record_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.record_path.with_name(self.record_path.name + ".tmp")
+        tmp.write_text(json.dumps(self.record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.record_path)
+
+    @property
+    def seconds(self) -> float:
+        return float((self.record or {}).get("seconds", 0.0))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    from distilkit.loop import verify_checkpoint
+
+    return any(verify_checkpoint(p) is None for p in (folder / "checkpoints").glob("step-*"))
+
+
+def _find(path: str) -> str:
+    """A data path as given (relative to the working directory), else relative to the repo."""
+    if Path(path).expanduser().exists():
+        return path
+    alt = REPO_ROOT / path
+    if alt.exists():
+        return str(alt)
+    raise DistilkitError(f"not found: {path} (looked in {Path.cwd()} and {REPO_ROOT})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class AblateConfig:
+    """One invocation of the study."""
+
+    size: str = "tiny"
+    out: str = ""
+    """Folder for every sub-run (default runs/ablation-SIZE)."""
+    sizes_file: str = ""
+    """The sizes YAML (default configs/ablation.yaml)."""
+    overrides: list[str] = field(default_factory=list)
+    """KEY=VALUE overrides of the size, e.g. distill.steps=1000."""
+    report: str = ""
+    """Markdown report path; overrides the size's."""
+    command: str = ""
+    """The command line, recorded in the report."""
+
+
+@dataclass
+class AblateResult:
+    out_dir: Path
+    report_md: Path
+    files: dict[str, Path]
+    report: dict[str, Any]
+    ran: list[str]
+    """Sub-runs done by this invocation (the others were reused)."""
+
+
+class _Study:
+    def __init__(self, size: AblationSize, out: Path):
+        self.s = size
+        self.out = out
+        self.ran: list[str] = []
+        self.steps: dict[str, _Step] = {}
+
+    def step(self, name: str, folder: Path, settings: dict[str, Any]) -> _Step:
+        st = _Step(folder, settings)
+        self.steps[name] = st
+        return st
+
+    def did(self, name: str) -> None:
+        self.ran.append(name)
+        log.info("ablate: finished %s", name)
+
+    # -- data and teacher
+
+    def data(self) -> _Step:
+        s = self.s
+        tokenizer = s.teacher.tokenizer if s.teacher.name == "tiny-random" else s.teacher.name
+        st = self.step("data", self.out / "data", {"data": to_dict(s.data), "tokenizer": tokenizer})
+        if not st.done:
+            from distilkit.data import PrepareConfig, prepare
+
+            t = st.start()
+            result = prepare(
+                PrepareConfig(
+                    sources=[_find(p) for p in s.data.corpus],
+                    tokenizer=tokenizer,
+                    out_dir=str(st.folder),
+                    max_length=s.data.max_length,
+                    max_documents=s.data.max_documents,
+                    validation_fraction=s.data.validation_fraction,
+                    seed=s.data.seed,
+                    overwrite=True,
+                )
+            )
+            splits = result.manifest["splits"]
+            st.finish(
+                t,
+                {
+                    k: {"sequences": v["sequences"], "tokens": v["tokens"]}
+                    for k, v in splits.items()
+                },
+            )
+            self.did("data")
+        return st
+
+    def teacher(self, data: _Step) -> _Step:
+        s = self.s
+        base = s.teacher.name
+        upstream = [data.digest]
+        if base == "tiny-random":
+            st = self.step(
+                "teacher-base", self.out / "teacher-base", {"teacher": to_dict(s.teacher)}
+            )
+            if not st.done:
+                t = st.start()
+                _tiny_bert(s.teacher, st.folder)
+                st.finish(t)
+                self.did("teacher-base")
+            base, upstream = str(st.folder), upstream + [st.digest]
+        if s.adapt.steps == 0:  # a teacher that already has a head is used as it is
+            from distilkit.modeling import resolve_model
+
+            return self.step("teacher", Path(resolve_model(base)), {"teacher": s.teacher.name})
+        st = self.step(
+            "teacher",
+            self.out / "teacher",
+            # The name, not the path, of the base: the upstream digest pins a built one.
+            {"upstream": upstream, "teacher": s.teacher.name, "adapt": _result_keys(s.adapt)},
+        )
+        if not st.done:
+            from distilkit.adapt import AdaptConfig, adapt_teacher
+
+            resume = st.same_settings and _has_checkpoint(st.folder)
+            t = st.start()
+            a = s.adapt
+            train = replace(
+                AdaptConfig().train,
+                max_steps=a.steps,
+                batch_size=a.batch_size,
+                log_every=a.log_every,
+                eval_every=a.eval_every,
+                eval_batches=a.eval_batches,
+                checkpoint_every=a.checkpoint_every,
+                threads=s.threads,
+            )
+            r = adapt_teacher(
+                AdaptConfig(
+                    teacher=base,
+                    data=str(data.folder),
+                    out_dir=str(st.folder),
+                    overwrite=not resume,
+                    head_lr=a.head_lr,
+                    train=train,
+                ),
+                resume=resume,
+            )
+            st.finish(t, {"steps": r.steps, "head_only": r.head_only, "held_out": r.final_eval})
+            self.did("teacher")
+        return st
+
+    # -- students
+
+    def students(self, teacher: _Step, data: _Step) -> dict[str, _Step]:
+        from distilkit.student import init_student
+
+        s = self.s
+        init = self.step(
+            "init-teacher",
+            self.out / "students" / "init-teacher",
+            {"upstream": [teacher.digest], "layers": s.student_layers},
+        )
+        if not init.done:
+            t = init.start()
+            r = init_student(
+                teacher.folder, init.folder, num_layers=s.student_layers, overwrite=True
+            )
+            init.finish(t, {"teacher_layers": r.layers, "architecture": r.architecture})
+            self.did("init-teacher")
+        rand = self.step(
+            "init-random",
+            self.out / "students" / "init-random",
+            {"upstream": [init.digest], "seed": s.distill.seed},
+        )
+        if not rand.done:
+            t = rand.start()
+            _random_student(init.folder, rand.folder, s.distill.seed)
+            rand.finish(t)
+            self.did("init-random")
+
+        out: dict[str, _Step] = {}
+        for v in VARIANTS:
+            if not v.distill:
+                out[v.key] = init
+                continue
+            start = rand if v.init == "random" else init
+            out[v.key] = self._distill(v, teacher, start, data)
+        return out
+
+    def _distill(self, v: Variant, teacher: _Step, start: _Step, data: _Step) -> _Step:
+        from distilkit.distill import DistillConfig, LossConfig, distill
+        from distilkit.loop import OptimConfig, TrainConfig
+
+        d = self.s.distill
+        alphas = {"ce": d.alpha_ce, "mlm": d.alpha_mlm, "cos": d.alpha_cos}
+        if v.drop:
+            alphas[v.drop] = 0.0
+        st = self.step(
+            v.slug,
+            self.out / "students" / v.slug,
+            {
+                "upstream": [teacher.digest, start.digest, data.digest],
+                "distill": _result_keys(d),
+                "alphas": alphas,
+            },
+        )
+        if st.done:
+            return st
+        resume = st.same_settings and _has_checkpoint(st.folder)
+        t = st.start()
+        r = distill(
+            DistillConfig(
+                teacher=str(teacher.folder),
+                student=str(start.folder),
+                data=str(data.folder),
+                out_dir=str(st.folder),
+                overwrite=not resume,
+                loss=LossConfig(
+                    alpha_ce=alphas["ce"],
+                    alpha_mlm=alphas["mlm"],
+                    alpha_cos=alphas["cos"],
+                    temperature=d.temperature,
+                ),
+                train=TrainConfig(
+                    batch_size=d.batch_size,
+                    grad_accumulation=d.grad_accumulation,
+                    max_steps=d.steps,
+                    precision=d.precision,
+                    seed=d.seed,
+                    log_every=d.log_every,
+                    eval_every=d.eval_every,
+                    eval_batches=d.eval_batches,
+                    checkpoint_every=d.checkpoint_every,
+                    threads=self.s.threads,
+                    optim=OptimConfig(lr=d.lr, warmup_ratio=d.warmup_ratio),
+                ),
+            ),
+            resume=resume,
+        )
+        st.finish(
+            t,
+            {
+                "steps": r.steps,
+                "tokens": r.tokens,
+                "train_seconds": r.seconds,
+                "tokens_per_second": r.tokens_per_second,
+                "held_out": r.final_eval,
+            },
+        )
+        self.did(v.slug)
+        return st
+
+    # -- evaluation
+
+    def evaluate(self, key: str, model: _Step) -> dict[str, Any]:
+        """Fine-tune ``model`` on every task (one folder per seed), combine the seeds, and score
+        STS-B zero-shot. Returns ``{task: metrics dict}`` in the format of ``finetune``."""
+        from distilkit.finetune import build_config, default_recipes_path, finetune
+
+        s = self.s
+        ev = s.evaluate
+        glue = _find(ev.glue_dir)
+        recipes = default_recipes_path()
+        root = self.out / "eval" / key
+        results: dict[str, Any] = {}
+        for task in ev.tasks:
+            overrides = list(ev.overrides) + list(ev.task_overrides.get(task, []))
+            base = build_config(task, recipes, overrides, model=str(model.folder), data_dir=glue)
+            per_seed = []
+            for i in range(ev.seeds):
+                seed = base.seed + i
+                folder = root / base.task / f"seed-{seed}"
+                cfg = build_config(
+                    task,
+                    recipes,
+                    overrides,
+                    model=str(model.folder),
+                    data_dir=glue,
+                    out=str(folder),
+                    seeds=1,
+                    seed=seed,
+                    threads=s.threads,
+                )
+                kept = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
+                st = self.step(
+                    f"{key}/{base.task}/seed-{seed}",
+                    folder,
+                    {"upstream": [model.digest], "glue_dir": ev.glue_dir, "finetune": kept},
+                )
+                if not st.done:
+                    t = st.start()
+                    r = finetune(cfg)
+                    st.finish(t, {"score": r["score"]})
+                    self.did(f"eval {key} {base.task} seed {seed}")
+                per_seed.append(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
+            results[base.task] = _combine_seeds(per_seed, root / base.task)
+        if ev.zeroshot:
+            from distilkit.zeroshot import ZeroShotConfig, zeroshot
+
+            folder = root / "stsb-zeroshot"
+            zcfg = ZeroShotConfig(
+                model=str(model.folder),
+                data_dir=glue,
+                out=str(folder),
+                max_eval_examples=ev.zeroshot_max_examples,
+                threads=s.threads,
+            )
+            kept = {k: v for k, v in to_dict(zcfg).items() if k not in _NOT_RESULT_KEYS}
+            st = self.step(
+                f"{key}/stsb-zeroshot",
+                folder,
+                {"upstream": [model.digest], "glue_dir": ev.glue_dir, "zeroshot": kept},
+            )
+            if not st.done:
+                t = st.start()
+                r = zeroshot(zcfg)
+                st.finish(t, {"score": r["score"]})
+                self.did(f"eval {key} stsb-zeroshot")
+            results["stsb-zeroshot"] = json.loads((folder / "metrics.json").read_text("utf-8"))
+        return results
+
+    # -- speed
+
+    def bench(self, models: dict[str, _Step]) -> dict[str, Any] | None:
+        b = self.s.bench
+        if not b.enabled:
+            return None
+        from distilkit.bench import BenchConfig, bench
+
+        cfg = BenchConfig(
+            models=[f"{label}={st.folder}" for label, st in models.items()],
+            out=str(self.out / "bench"),
+            data_dir=_find(self.s.evaluate.glue_dir),
+            max_examples=b.max_examples,
+            repeats=b.repeats,
+            warmup=b.warmup,
+            threads=b.threads,
+            isolate=b.isolate,
+            throughput_batch=b.throughput_batch,
+            throughput_seq=b.throughput_seq,
+            throughput_iters=b.throughput_iters,
+        )
+        st = self.step(
+            "bench",
+            self.out / "bench",
+            {"upstream": {k: v.digest for k, v in models.items()}, "bench": to_dict(b)},
+        )
+        if not st.done:
+            t = st.start()
+            bench(cfg)
+            st.finish(t)
+            self.did("bench")
+        return json.loads((st.folder / "bench.json").read_text(encoding="utf-8"))
+
+
+# Settings that change where or how fast a run goes, not its result. Paths are left out too:
+# the upstream digest pins the model and ``glue_dir`` is recorded as written in the size.
+_NOT_RESULT_KEYS = ("out", "threads", "log_every", "device", "eval_batch_size", "model", "data_dir")
+
+
+def _result_keys(section) -> dict[str, Any]:
+    """A training section without its logistics: changing how often a run logs or
+    checkpoints must not invalidate it."""
+    return {k: v for k, v in to_dict(section).items() if k not in ("log_every", "checkpoint_every")}
+
+
+def _tiny_bert(t: TeacherSize, folder: Path) -> None:
+    """A random headless BERT (like the packaged MiniLM, which has no masked-LM head)."""
+    from transformers import BertConfig, BertModel
+
+    from distilkit.modeling import load_tokenizer
+
+    tok = load_tokenizer(t.tokenizer)
+    torch.manual_seed(t.seed)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=t.hidden,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        intermediate_size=t.intermediate,
+        max_position_embeddings=512,
+    )
+    _save_atomically(BertModel(cfg), tok, folder, {"built": "tiny-random", **to_dict(t)})
+
+
+def _random_student(init_dir: Path, folder: Path, seed: int) -> None:
+    """Variant (v): the architecture of the teacher-initialised student, every weight drawn
+    afresh (embeddings and vocabulary head included)."""
+    from distilkit.modeling import load_mlm, load_tokenizer
+
+    model, _ = load_mlm(init_dir)
+    torch.manual_seed(seed)
+    fresh = type(model)(model.config)
+    meta_file = init_dir / "distilkit_student.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta |= {"init": "random", "seed": seed, "layers": None, "head_from_teacher": False}
+    _save_atomically(fresh, load_tokenizer(init_dir), folder, meta, "distilkit_student.json")
+
+
+def _save_atomically(model, tok, folder: Path, meta: dict, meta_name: str = "distilkit.json"):
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _combine_seeds(per_seed: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+    """One ``metrics.json`` over seeds, in the format ``finetune`` writes for ``--seeds N``
+    (so that ``distilkit compare`` can collect it too)."""
+    from distilkit.finetune import summarise
+
+    runs = [r for result in per_seed for r in result["runs"]]
+    summary = summarise(runs)
+    first = per_seed[0]
+    main = first["main_split"]
+    combined = {
+        **first,
+        "score": summary[main]["score"]["median"],
+        "metrics": {k: v["median"] for k, v in summary[main].items()},
+        "summary": summary,
+        "runs": runs,
+        "config": {**first["config"], "seeds": len(runs), "out": str(folder)},
+    }
+    (folder / "metrics.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+    return combined
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def ablate(cfg: AblateConfig) -> AblateResult:
+    """Run (or resume) the whole study and write the report; see the module docstring."""
+    from distilkit.ablate_report import build_report, write_report
+
+    size = load_size(cfg.size, cfg.sizes_file or None, cfg.overrides)
+    out = Path(cfg.out or f"runs/ablation-{cfg.size}")
+    report_md = Path(cfg.report or size.report or out / "report" / "ablation.md")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation_size.json").write_text(
+        json.dumps({"size": cfg.size, "settings": to_dict(size)}, indent=2) + "\n"
+    )
+    study = _Study(size, out)
+    data = study.data()
+    teacher = study.teacher(data)
+    students = study.students(teacher, data)
+    models = {"teacher": teacher} | {v.slug: students[v.key] for v in VARIANTS}
+    evals = {label: study.evaluate(label, st) for label, st in models.items()}
+    bench_result = study.bench(models)
+
+    rows = []
+    for label, st in models.items():
+        v = next((v for v in VARIANTS if v.slug == label), None)
+        rows.append(_row(label, v, st, evals[label], bench_result, size))
+    report = build_report(rows, [_canon(t) for t in size.evaluate.tasks])
+    report["size"] = cfg.size
+    report["settings"] = to_dict(size)
+    report["teacher_adapt"] = (teacher.record or {}).get("summary", {})
+    report["teacher_source"] = size.teacher.name
+    report["data"] = (data.record or {}).get("summary", {})
+    report["environment"] = _environment(cfg.command)
+    report["stage_seconds"] = _stage_seconds(study.steps)
+    report["ran_now"] = study.ran
+    report["out"] = str(out)
+    files = write_report(
+        report,
+        report_md,
+        {v.slug: students[v.key].folder for v in VARIANTS if v.distill},
+        out / "bench",
+    )
+    return AblateResult(out, report_md, files, report, study.ran)
+
+
+def _canon(task: str) -> str:
+    from distilkit.tasks import get_task
+
+    return get_task(task).name
+
+
+def _row(label, v: Variant | None, st: _Step, ev: dict, bench_result, size) -> dict[str, Any]:
+    tasks = [_canon(t) for t in size.evaluate.tasks]
+    row: dict[str, Any] = {
+        "label": label,
+        "key": v.key if v else "teacher",
+        "title": v.label if v else f"teacher ({size.teacher.name} + MLM head)",
+        "init": v.init if v else None,
+        "drop": v.drop if v else None,
+        "distilled": bool(v and v.distill),
+        "paper_delta": v.paper_delta if v else None,
+        "folder": str(st.folder),
+        "scores": {t: ev[t]["score"] for t in tasks},
+        "metrics": {t: ev[t]["metrics"] for t in tasks},
+        "spread": {
+            t: {
+                k: ev[t]["summary"][ev[t]["main_split"]]["score"][k]
+                for k in ("min", "max", "values")
+            }
+            for t in tasks
+        },
+        "seeds": {t: len(ev[t]["runs"]) for t in tasks},
+        "n_train": {t: [ev[t].get("n_train"), ev[t].get("n_train_available")] for t in tasks},
+        "zeroshot": ev["stsb-zeroshot"]["score"] if "stsb-zeroshot" in ev else None,
+        "parameters": (ev[tasks[0]].get("parameters") or {}).get("total"),
+        "distill": (st.record or {}).get("summary", {}) if v and v.distill else {},
+    }
+    if bench_result:
+        b = next(m for m in bench_result["models"] if m["label"] == label)
+        row["parameters"] = b["parameters"]["total"]
+        row["latency_ms"] = b["latency"]["per_example_ms_median"]
+        row["speedup"] = b["ratios"]["speedup_latency_median"]
+        row["throughput"] = b["throughput"]["sequences_per_s"]
+    return row
+
+
+def _stage_seconds(steps: dict[str, _Step]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, st in steps.items():
+        stage = "evaluate" if "/" in name else name
+        out[stage] = out.get(stage, 0.0) + st.seconds
+    out["total"] = sum(out.values())
+    return out
+
+
+def _environment(command: str) -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "date": _now(),
+        "command": command,
+        "cpu": cpu,
+        "cpus_usable": usable,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+__all__ = ["AblateConfig", "AblateResult", "AblationSize", "AblationSizes", "VARIANTS", "ablate"]

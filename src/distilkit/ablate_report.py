@@ -1,0 +1,419 @@
+"""The report of ``distilkit ablate``: Table 4 numbers, goals, markdown, plots.
+
+Pure functions of the per-model rows (``build_report``, ``render_markdown``), tested with plain
+numbers, and the files written from them (``write_report``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distilkit.ablate import VARIANTS
+
+log = logging.getLogger(__name__)
+
+
+def build_report(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    """Macro score, retention and Δ against (i) from per-model rows (first row: the teacher).
+
+    Each row needs ``key`` and ``scores`` ({task: score as a fraction}); other fields are
+    carried along. Macro = mean of the fine-tuned task scores (the paper's GLUE score)."""
+    from distilkit.compare import retention
+
+    rows = [dict(r) for r in rows]
+    for r in rows:
+        r["macro"] = sum(r["scores"][t] for t in tasks) / len(tasks)
+    teacher = rows[0]
+    ref = next((r for r in rows if r["key"] == "i"), None)
+    for r in rows:
+        r["retention"] = retention(r["macro"], teacher["macro"])
+        r["delta_vs_i"] = None if ref is None or r is teacher else 100 * (r["macro"] - ref["macro"])
+        z, zt = r.get("zeroshot"), teacher.get("zeroshot")
+        r["zeroshot_retention"] = None if z is None or zt is None else retention(z, zt)
+    return {"tasks": tasks, "rows": rows, "goals": _goals(rows)}
+
+
+def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals, checked against the numbers (never tuned towards them)."""
+    by = {r["key"]: r for r in rows}
+    goals: dict[str, Any] = {}
+    if "i" in by:
+        goals["retention_i"] = by["i"]["retention"]
+        goals["retention_met"] = by["i"]["retention"] is not None and by["i"]["retention"] >= 98.0
+    if "i" in by and "vi" in by:
+        margin = 100 * (by["i"]["macro"] - by["vi"]["macro"])
+        goals["i_minus_vi"] = margin
+        goals["beats_vi"] = margin > 1.0  # "clearly": more than one macro point
+    ablated = [k for k in ("ii", "iii", "iv", "v") if k in by and by[k]["delta_vs_i"] is not None]
+    if len(ablated) == 4:
+        order = sorted(ablated, key=lambda k: by[k]["delta_vs_i"])  # most harmful first
+        goals["order"] = order
+        goals["paper_order"] = ["v", "ii", "iii", "iv"]
+        goals["order_met"] = set(order[:2]) == {"v", "ii"} and order[-1] == "iv"
+        goals["order_exact"] = order == goals["paper_order"]
+    return goals
+
+
+def _f(x: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "n/a" if x is None else f"{x:{spec}}{suffix}"
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _dur(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def render_markdown(report: dict[str, Any], figures: str) -> str:
+    """The report page; ``figures`` is the folder of the PNGs relative to the page."""
+    has_speed = any(r.get("latency_ms") is not None for r in report["rows"])
+    parts = [
+        "# Ablation: what each part of the DistilBERT recipe is worth (paper Table 4)",
+        "",
+        *_intro(report),
+        "## Table 4 on this teacher",
+        "",
+        *_table4(report, has_speed),
+        "## Goals",
+        "",
+        *_goal_lines(report.get("goals", {})),
+        "",
+        "## Distillation runs (one budget for all)",
+        "",
+        *_distill_table(report["rows"]),
+        "",
+        f"![loss curves]({figures}/curves.png)",
+        "",
+        f"![scores]({figures}/scores.png)",
+        "",
+        f"![change against (i), measured and in the paper]({figures}/delta.png)",
+        "",
+        "## Spread over fine-tuning seeds",
+        "",
+        "Median [min, max] over seeds, ×100.",
+        "",
+        *_spread_table(report["rows"], report["tasks"]),
+        "",
+    ]
+    if has_speed:
+        parts += [
+            "## Speed",
+            "",
+            "From `distilkit bench` (every student has the same architecture, so their "
+            f"differences are measurement noise). Full table: [bench.md]({figures}/bench.md).",
+            "",
+            f"![speed]({figures}/speed.png)",
+            "",
+        ]
+    stages = report.get("stage_seconds", {})
+    parts += [
+        "## Compute time",
+        "",
+        "Sum of the recorded sub-runs (reused ones included).",
+        "",
+        "| stage | wall time |",
+        "|---|---|",
+        *(f"| {k} | {_dur(v)} |" for k, v in stages.items()),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _intro(report: dict[str, Any]) -> list[str]:
+    env = report.get("environment", {})
+    machine = (
+        f"{env.get('cpu', '?')}, {env.get('cpus_usable', '?')} usable CPUs"
+        + (f", GPU {env['gpu']}" if env.get("gpu") else "")
+        + f"; torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
+        f"Python {env.get('python', '?')}"
+    )
+    ta = report.get("teacher_adapt", {})
+    held = ta.get("held_out", {})
+    teacher = f"Teacher: `{report.get('teacher_source', '?')}`."
+    if ta:
+        how = "head only, encoder frozen" if ta.get("head_only") else "whole model"
+        teacher = (
+            f"Teacher: `{report.get('teacher_source', '?')}`, given a masked-LM head in "
+            f"{ta.get('steps')} steps ({how}): held-out MLM loss "
+            f"**{_f(held.get('mlm_loss'), '.3f')}**, accuracy "
+            f"**{_f(held.get('mlm_accuracy'), '.3f')}** on masked positions."
+        )
+    data = report.get("data", {})
+    if data:
+        teacher += (
+            f" Distillation data: {data['train']['sequences']:,} training sequences "
+            f"({data['train']['tokens']:,} tokens), {data['validation']['sequences']:,} held out."
+        )
+    return [
+        f"Generated by `distilkit ablate` (size `{report.get('size', '?')}`) on "
+        f"{env.get('date', '?')}.",
+        "",
+        f"- Command: `{env.get('command') or 'distilkit ablate'}`",
+        f"- Machine: {machine}",
+        f"- Sub-runs in `{report.get('out', '?')}`; settings: `configs/ablation.yaml`, "
+        "section of this size.",
+        "",
+        teacher,
+        "",
+    ]
+
+
+def _table4(report: dict[str, Any], has_speed: bool) -> list[str]:
+    """The main table and its notes."""
+    from distilkit.tasks import get_task
+
+    tasks, rows = report["tasks"], report["rows"]
+    titles = [get_task(t).title for t in tasks]
+    has_zs = any(r.get("zeroshot") is not None for r in rows)
+    head = ["", "model", "params", *titles, "Score", "retention", "Δ vs (i)", "paper Δ"]
+    head += ["STS-B 0-shot"] if has_zs else []
+    head += ["ms / pair", "speed-up"] if has_speed else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            f"({r['key']})" if r["key"] != "teacher" else "",
+            r["title"],
+            _f(r["parameters"] and r["parameters"] / 1e6, ".1f", "M"),
+            *(f"{100 * r['scores'][t]:.1f}" for t in tasks),
+            f"**{100 * r['macro']:.1f}**",
+            _f(r["retention"], ".1f", "%"),
+            _signed(r["delta_vs_i"]),
+            _signed(r["paper_delta"]),
+        ]
+        if has_zs:
+            cells.append(_f(r.get("zeroshot") and 100 * r["zeroshot"]))
+        if has_speed:
+            cells += [_f(r.get("latency_ms"), ".2f"), _f(r.get("speedup"), ".2f", "×")]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    seeds = "/".join(map(str, sorted({n for r in rows for n in r["seeds"].values()})))
+    notes = [
+        f"Scores ×100 on the GLUE dev sets, medians over {seeds} fine-tuning seed(s). Score = "
+        f"mean of {', '.join(titles)} (CoLA Matthews corr., SST-2 accuracy, STS-B mean of "
+        "Pearson and Spearman), the paper's GLUE macro score restricted to these tasks. "
+        "Retention = Score / teacher's Score. Δ vs (i) in Score points; paper Δ: its Table 4 "
+        "(BERT-base teacher, 9 GLUE tasks). STS-B 0-shot: Spearman of cosine similarities of "
+        "mean-pooled embeddings, no training."
+    ]
+    for t, title in zip(tasks, titles):
+        n, avail = rows[0]["n_train"][t]
+        if n and avail and n < avail:
+            notes.append(
+                f"{title} is fine-tuned on a random subset of {n:,} of its {avail:,} training "
+                "examples (the same subset for every model and seed)."
+            )
+    if has_speed:
+        notes.append(
+            "Speed from `distilkit bench`: median ms per STS-B dev pair at batch size 1, "
+            "encoder only, and speed-up over the teacher (details below)."
+        )
+    return [*lines, "", *(n + "\n" for n in notes)]
+
+
+def _goal_lines(goals: dict[str, Any]) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    lines = []
+    if "retention_i" in goals:
+        lines.append(
+            f"- (i) keeps **{_f(goals['retention_i'], '.1f', '%')}** of the teacher's Score "
+            f"(goal ≥ 98%): {verdict(goals['retention_met'])}."
+        )
+    if "i_minus_vi" in goals:
+        lines.append(
+            f"- (i) − (vi) = **{goals['i_minus_vi']:+.2f}** points (goal: clearly better, "
+            f"taken as > 1 point): {verdict(goals['beats_vi'])}."
+        )
+    if "order" in goals:
+        names = {v.key: f"({v.key}) {v.label}" for v in VARIANTS}
+        exact = " (same full order as the paper)" if goals["order_exact"] else ""
+        lines.append(
+            f"- Harm, most first: {' > '.join(names[k] for k in goals['order'])}. Paper: "
+            f"{' > '.join(names[k] for k in goals['paper_order'])}. Goal (random init and no "
+            f"L_ce hurt most, no L_mlm least): {verdict(goals['order_met'])}{exact}."
+        )
+    return lines or ["- not enough variants to check"]
+
+
+def _distill_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| | student | steps | tokens | wall time | held-out MLM loss | MLM acc. | "
+        "agreement with teacher | cosine loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r["distilled"]:
+            continue
+        d = r["distill"]
+        h = d.get("held_out", {})
+        lines.append(
+            f"| ({r['key']}) | {r['title']} | {d.get('steps', 'n/a')} | "
+            f"{_f(d.get('tokens'), ',.0f')} | {_dur(d.get('train_seconds'))} | "
+            f"{_f(h.get('student_mlm_loss'), '.3f')} | {_f(h.get('student_accuracy'), '.3f')} | "
+            f"{_f(h.get('agreement'), '.3f')} | {_f(h.get('cosine_loss'), '.3f')} |"
+        )
+    return lines
+
+
+def _spread_table(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    from distilkit.tasks import get_task
+
+    lines = [
+        "| model | " + " | ".join(get_task(t).title for t in tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for r in rows:
+        cells = [
+            f"{100 * r['scores'][t]:.1f} [{100 * r['spread'][t]['min']:.1f}, "
+            f"{100 * r['spread'][t]['max']:.1f}]"
+            for t in tasks
+        ]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_scores(report: dict[str, Any], path: Path) -> None:
+    """Grouped bars: Score and each task, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distilkit.tasks import get_task
+
+    tasks = report["tasks"]
+    rows = report["rows"]
+    groups = ["Score"] + [get_task(t).title for t in tasks]
+    with_zs = any(r.get("zeroshot") is not None for r in rows)
+    if with_zs:
+        groups.append("STS-B 0-shot")
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(groups) + 3), 4.4))
+    cmap = plt.get_cmap("tab10")
+    for j, r in enumerate(rows):
+        values = [100 * r["macro"]] + [100 * r["scores"][t] for t in tasks]
+        if with_zs:
+            values.append(100 * (r.get("zeroshot") or 0.0))
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(groups))]
+        name = r["label"] if r["key"] == "teacher" else f"({r['key']}) {r['title']}"
+        ax.bar(xs, values, width, label=name, color=cmap(j % 10))
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_ylabel("dev score (×100)")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_title("Teacher and students (median over seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_curves(runs: dict[str, Path], path: Path) -> None:
+    """Loss parts and held-out metrics of every distillation, against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("train", "loss_ce", "L_ce (train)"),
+        ("train", "loss_mlm", "L_mlm (train)"),
+        ("train", "loss_cos", "L_cos (train)"),
+        ("eval", "student_mlm_loss", "held-out student MLM loss"),
+        ("eval", "agreement", "held-out top-1 agreement with teacher"),
+        ("eval", "cosine_loss", "held-out cosine loss"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    cmap = plt.get_cmap("tab10")
+    for j, (slug, folder) in enumerate(runs.items()):
+        f = folder / "metrics.jsonl"
+        if not f.is_file():
+            continue
+        records = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        for ax, (kind, key, title) in zip(axes.flat, panels):
+            pts = [(r["step"], r[key]) for r in records if r["kind"] == kind and key in r]
+            if pts:
+                style = "-" if kind == "train" else "o-"
+                ax.plot(*zip(*pts), style, label=slug, color=cmap(j % 10), markersize=3)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("optimizer step")
+    # One legend in variant order (a panel lacks the variants that do not train its loss).
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=cmap(j % 10)) for j in range(len(runs))]
+    fig.legend(handles, list(runs), loc="lower center", ncol=max(1, len(runs)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render_delta(report: dict[str, Any], path: Path) -> None:
+    """Table 4 as bars: change of the Score against (i), measured here and in the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["key"] not in ("teacher", "i")]
+    names = [f"({r['key']}) {r['title']}" for r in rows]
+    ys = range(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
+    measured = [r["delta_vs_i"] or 0.0 for r in rows]
+    ax.barh([y - 0.2 for y in ys], measured, 0.4, label="measured here", color="#4C72B0")
+    paper = [(y, r["paper_delta"]) for y, r in zip(ys, rows) if r["paper_delta"] is not None]
+    if paper:
+        ax.barh(
+            [y + 0.2 for y, _ in paper],
+            [d for _, d in paper],
+            0.4,
+            label="paper (Table 4)",
+            color="#C44E52",
+        )
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("Δ Score against (i), points")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    report: dict[str, Any], md: Path, runs: dict[str, Path], bench_dir: Path
+) -> dict[str, Path]:
+    """``md`` plus, in the folder ``md``'s stem beside it: ablation.json, scores.png,
+    curves.png, delta.png and (when benched) speed.png and bench.md."""
+    fig_dir = md.with_suffix("")
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "markdown": md,
+        "json": fig_dir / "ablation.json",
+        "scores": fig_dir / "scores.png",
+        "curves": fig_dir / "curves.png",
+        "delta": fig_dir / "delta.png",
+    }
+    render_scores(report, files["scores"])
+    render_delta(report, files["delta"])
+    render_curves(runs, files["curves"])
+    if (bench_dir / "bench.png").is_file():
+        files["speed"] = fig_dir / "speed.png"
+        shutil.copyfile(bench_dir / "bench.png", files["speed"])
+        shutil.copyfile(bench_dir / "bench.md", fig_dir / "bench.md")
+        files["bench"] = fig_dir / "bench.md"
+    files["json"].write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    md.write_text(render_markdown(report, fig_dir.name), encoding="utf-8")
+    log.info("report written to %s", md)
+    return files

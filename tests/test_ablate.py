@@ -1,0 +1,205 @@
+"""The ablation study: the tiny size end to end, resume, settings guard, report numbers, sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import write_corpus
+from distilkit import cli
+from distilkit.ablate import VARIANTS, AblateConfig, AblationSizes, ablate, load_size
+from distilkit.ablate_report import build_report, render_markdown
+from distilkit.config import ConfigError, load_config
+from distilkit.errors import DistilkitError
+
+ROOT = Path(__file__).resolve().parents[1]
+GLUE = Path(__file__).parent / "fixtures" / "glue"
+SIZES = ROOT / "configs" / "ablation.yaml"
+
+
+def _overrides(corpus: Path) -> list[str]:
+    # Self-contained: a generated corpus and the GLUE fixtures instead of ../shared/data.
+    return [f"data.corpus=[{corpus}]", f"evaluate.glue_dir={GLUE}"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    corpus = write_corpus(root / "corpus.txt", n_docs=60)
+    cfg = AblateConfig(
+        size="tiny",
+        out=str(root / "out"),
+        sizes_file=str(SIZES),
+        overrides=_overrides(corpus),
+        command="pytest",
+    )
+    return cfg, ablate(cfg)
+
+
+def test_every_model_gets_every_result_and_the_report_is_written(study):
+    cfg, result = study
+    rows = {r["label"]: r for r in result.report["rows"]}
+    assert list(rows) == ["teacher"] + [v.slug for v in VARIANTS]
+    for r in rows.values():
+        assert set(r["scores"]) == {"cola", "sst2", "stsb"}
+        assert r["zeroshot"] is not None
+        assert r["latency_ms"] > 0 and r["parameters"] > 0
+    assert rows["i-triple-loss"]["delta_vs_i"] == 0.0
+    assert rows["teacher"]["delta_vs_i"] is None
+    # Every student has the teacher's hidden size and half its layers: fewer parameters.
+    assert rows["vi-no-distillation"]["parameters"] < rows["teacher"]["parameters"]
+    for name in ("markdown", "json", "scores", "curves", "delta", "speed", "bench"):
+        assert result.files[name].is_file() and result.files[name].stat().st_size > 0
+    assert result.report_md == Path(cfg.out) / "report" / "ablation.md"
+    md = result.report_md.read_text()
+    assert "| (vi) | no distillation (teacher layers only) |" in md
+    assert "![loss curves](ablation/curves.png)" in md
+    saved = json.loads(result.files["json"].read_text())
+    assert saved["goals"]["paper_order"] == ["v", "ii", "iii", "iv"]
+    # Fine-tuning results are kept per seed and combined in compare's format.
+    combined = json.loads(
+        (Path(cfg.out) / "eval" / "teacher" / "cola" / "metrics.json").read_text()
+    )
+    assert combined["task"] == "cola" and combined["config"]["seeds"] == 1
+
+
+def test_students_start_from_teacher_layers_or_from_scratch(study):
+    cfg, _ = study
+    out = Path(cfg.out)
+    teacher = load_file(out / "teacher" / "model.safetensors")
+    init = load_file(out / "students" / "init-teacher" / "model.safetensors")
+    rand = load_file(out / "students" / "init-random" / "model.safetensors")
+    trained = load_file(out / "students" / "i-triple-loss" / "model.safetensors")
+    q = "distilbert.transformer.layer.{}.attention.q_lin.weight"
+    # 6 -> 3 layers takes teacher layers [0, 3, 5].
+    for i, j in enumerate([0, 3, 5]):
+        t = teacher[f"bert.encoder.layer.{j}.attention.self.query.weight"]
+        assert init[q.format(i)].equal(t)
+        assert not rand[q.format(i)].equal(t)
+    assert not trained[q.format(0)].equal(init[q.format(0)])  # (i) was trained
+    for v in VARIANTS:
+        if v.distill:
+            run = json.loads((out / "students" / v.slug / "distilkit_run.json").read_text())
+            start = "init-random" if v.init == "random" else "init-teacher"
+            assert run["student_init"].endswith(start)
+
+
+def test_each_variant_trains_exactly_its_losses(study):
+    cfg, _ = study
+    for v in VARIANTS:
+        if not v.distill:
+            continue
+        path = Path(cfg.out) / "students" / v.slug / "metrics.jsonl"
+        train = [json.loads(x) for x in path.read_text().splitlines()]
+        parts = {k[5:] for r in train if r["kind"] == "train" for k in r if k.startswith("loss_")}
+        assert parts == {"ce", "mlm", "cos"} - {v.drop}, v.slug
+
+
+def test_rerun_reuses_every_finished_sub_run(study, monkeypatch, capsys):
+    cfg, first = study
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished sub-run was run again")
+
+    for module, name in (
+        ("distilkit.data", "prepare"),
+        ("distilkit.adapt", "adapt_teacher"),
+        ("distilkit.distill", "distill"),
+        ("distilkit.finetune", "finetune"),
+        ("distilkit.zeroshot", "zeroshot"),
+        ("distilkit.bench", "bench"),
+    ):
+        monkeypatch.setattr(f"{module}.{name}", forbidden)
+    report = Path(cfg.out) / "rerun.md"
+    argv = ["ablate", "--size", "tiny", "--out", cfg.out, "--sizes", str(SIZES)]
+    assert cli.main([*argv, "--report", str(report), *cfg.overrides]) == 0
+    assert "all sub-runs reused" in capsys.readouterr().out
+    again = json.loads((report.parent / "rerun" / "ablation.json").read_text())
+    assert [r["macro"] for r in again["rows"]] == [r["macro"] for r in first.report["rows"]]
+
+
+def test_a_finished_result_is_never_mixed_with_other_settings(study, tmp_path):
+    cfg, _ = study
+    changed = AblateConfig(
+        size="tiny",
+        out=cfg.out,
+        sizes_file=str(SIZES),
+        overrides=[*cfg.overrides, "evaluate.overrides=[max_steps=3, max_train_examples=8]"],
+        report=str(tmp_path / "x.md"),
+    )
+    with pytest.raises(DistilkitError, match=r"finished with other settings \(differing: finetune"):
+        ablate(changed)
+
+
+def _row(key: str, cola: float, sst2: float, zeroshot: float = 0.5) -> dict:
+    return {"key": key, "scores": {"cola": cola, "sst2": sst2}, "zeroshot": zeroshot}
+
+
+def test_report_numbers_follow_table_4():
+    rows = [
+        _row("teacher", 0.50, 0.90),
+        _row("i", 0.50, 0.88),
+        _row("ii", 0.44, 0.86),
+        _row("iii", 0.48, 0.87),
+        _row("iv", 0.50, 0.875),
+        _row("v", 0.30, 0.80),
+        _row("vi", 0.40, 0.85),
+    ]
+    report = build_report(rows, ["cola", "sst2"])
+    by = {r["key"]: r for r in report["rows"]}
+    assert by["i"]["macro"] == pytest.approx(0.69)
+    assert by["i"]["retention"] == pytest.approx(100 * 0.69 / 0.70)
+    assert by["ii"]["delta_vs_i"] == pytest.approx(-4.0)
+    assert by["teacher"]["delta_vs_i"] is None
+    g = report["goals"]
+    assert g["order"] == ["v", "ii", "iii", "iv"] and g["order_met"] and g["order_exact"]
+    assert g["i_minus_vi"] == pytest.approx(6.5) and g["beats_vi"]
+    assert g["retention_met"]  # 98.57%
+    # Removing L_mlm hurting most breaks the paper's order.
+    rows[4] = _row("iv", 0.20, 0.80)
+    assert not build_report(rows, ["cola", "sst2"])["goals"]["order_met"]
+
+
+def test_markdown_states_retention_delta_and_goals():
+    base = {
+        "title": "x",
+        "parameters": 10e6,
+        "spread": {"cola": {"min": 0.4, "max": 0.6}},
+        "seeds": {"cola": 3},
+        "n_train": {"cola": [100, 8551]},
+        "distilled": False,
+        "paper_delta": None,
+    }
+    rows = [
+        {**base, **_row("teacher", 0.5, 0.0), "label": "teacher"},
+        {**base, **_row("i", 0.49, 0.0), "label": "i-triple-loss", "paper_delta": 0.0},
+    ]
+    for r in rows:
+        r["scores"] = {"cola": r["scores"]["cola"]}
+    report = build_report(rows, ["cola"])
+    md = render_markdown(report, "figs")
+    assert "| (i) | x | 10.0M | 49.0 | **49.0** | 98.0% | +0.00 | +0.00 | 50.0 |" in md
+    assert "keeps **98.0%** of the teacher's Score (goal ≥ 98%): **met**" in md
+    assert "random subset of 100 of its 8,551 training examples" in md
+    assert "medians over 3 fine-tuning seed(s)" in md
+
+
+def test_sizes_file_pins_every_size():
+    sizes = load_config(AblationSizes, SIZES)
+    assert sizes.tiny.teacher.name == "tiny-random" and sizes.tiny.report == ""
+    for name in ("cpu", "gpu"):
+        s = getattr(sizes, name)
+        assert s.teacher.name == "minilm" and s.student_layers == 3
+        assert s.evaluate.seeds >= 3 and s.evaluate.tasks == ["cola", "sst2", "stsb"]
+        assert s.report.startswith("docs/results/")
+    assert sizes.gpu.evaluate.seeds == 5  # the paper's median of 5
+    assert load_size("cpu", SIZES, ["distill.steps=7"]).distill.steps == 7
+    with pytest.raises(ConfigError, match="distill.stepz"):
+        load_size("cpu", SIZES, ["distill.stepz=7"])
+    with pytest.raises(ConfigError, match="set by the study"):
+        load_size("cpu", SIZES, ["evaluate.overrides=[seed=3]"])
+    with pytest.raises(DistilkitError, match="unknown size"):
+        load_size("huge", SIZES)
