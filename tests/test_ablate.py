@@ -14,10 +14,12 @@ from distilkit.ablate import VARIANTS, AblateConfig, AblationSizes, ablate, load
 from distilkit.ablate_report import build_report, render_markdown
 from distilkit.config import ConfigError, load_config
 from distilkit.errors import DistilkitError
+from distilkit.finetune import build_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(__file__).parent / "fixtures" / "glue"
 SIZES = ROOT / "configs" / "ablation.yaml"
+RECIPES = ROOT / "configs" / "finetune.yaml"
 
 
 def _overrides(corpus: Path) -> list[str]:
@@ -196,6 +198,17 @@ def test_sizes_file_pins_every_size():
         assert s.evaluate.seeds >= 3 and s.evaluate.tasks == ["cola", "sst2", "stsb"]
         assert s.report.startswith("docs/results/")
     assert sizes.gpu.evaluate.seeds == 5  # the paper's median of 5
+    # Every size's fine-tuning settings build valid configs now, not hours into a run.
+    for name in ("tiny", "cpu", "gpu"):
+        ev = getattr(sizes, name).evaluate
+        for task in ev.tasks:
+            overrides = ev.overrides + ev.task_overrides.get(task, [])
+            cfg = build_config(task, RECIPES, overrides, model="m", data_dir="d", out="o")
+            assert cfg.task == task
+    assert (
+        build_config("sst2", RECIPES, sizes.cpu.evaluate.task_overrides["sst2"]).max_train_examples
+        == 8000
+    )
     assert load_size("cpu", SIZES, ["distill.steps=7"]).distill.steps == 7
     with pytest.raises(ConfigError, match="distill.stepz"):
         load_size("cpu", SIZES, ["distill.stepz=7"])

@@ -140,12 +140,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': cannot parse value ({exc})") from exc
-    if isinstance(value, str):
-        # YAML 1.1 reads `3e-5` (no dot) as a string; on the command line it means a number.
-        try:
-            value = float(value) if _FLOAT.fullmatch(value.strip()) else value
-        except ValueError:
-            pass
+    # YAML 1.1 reads `3e-5` (no dot) as a string; on the command line it means a number.
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)
     return key, value
 
 
