@@ -489,6 +489,23 @@ def test_disk_full_while_preparing(tiny_teacher, tmp_path, capsys, monkeypatch):
     assert not out.exists() and not (tmp_path / "d.tmp-prepare").exists()
 
 
+def test_disk_full_while_building_a_student(tiny_teacher, tmp_path, capsys, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    def full(self, folder, *args, **kwargs):
+        raise _enospc(Path(folder) / "tokenizer.json")  # after the model's config and weights
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    out = tmp_path / "s"
+    _fails(
+        capsys,
+        ["init-student", "--teacher", tiny_teacher, "--out", out],
+        "no space left on device while writing",
+        "s.tmp-init/tokenizer.json",
+    )
+    assert not out.exists() and not (tmp_path / "s.tmp-init").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Non-finite losses
 

@@ -93,8 +93,6 @@ def init_student(
     tmp = out.with_name(out.name + ".tmp-init")
     if tmp.exists():
         _rmtree(tmp)
-    student.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
     meta = {
         "teacher": str(teacher),
         "teacher_layers": n_teacher,
@@ -103,7 +101,16 @@ def init_student(
         "head_from_teacher": not head_missing,
         "token_type_folded_into_positions": cfg.model_type == "bert",
     }
-    (tmp / "distilkit_student.json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        student.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "distilkit_student.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        # A partial folder with a config.json would look like a model (disk full, ...).
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out.exists():
         _rmtree(out)
     tmp.rename(out)
