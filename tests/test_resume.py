@@ -277,7 +277,7 @@ def test_resume_with_nothing_usable_is_an_error_never_a_fresh_start(halted, tmp_
     assert not (fresh / "metrics.jsonl").exists() and not (fresh / "config.json").exists()
 
     explicit = out / "checkpoints" / "step-00000002"
-    assert cli.main([*halted["args"], "--out", str(out), f"--resume={explicit}"]) == 2
+    assert cli.main([*halted["args"], "--out", str(out), "--resume-from", str(explicit)]) == 2
     assert _error_line(capsys) == (
         f"distilkit distill: error: cannot resume from {explicit}: model.safetensors does not "
         "match its checksum"

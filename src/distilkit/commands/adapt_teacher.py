@@ -19,11 +19,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument(
         "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        help="continue from the newest checkpoint in --out (or the one given)",
+        action="store_true",
+        help="continue from the newest valid checkpoint in --out",
     )
+    p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint")
     p.add_argument("--overwrite", action="store_true")
     add_config_arguments(p)
 
@@ -44,7 +43,7 @@ def run(args) -> int:
             "overwrite": "overwrite",
         },
     )
-    r = adapt_teacher(cfg, resume=args.resume)
+    r = adapt_teacher(cfg, resume=args.resume_from or args.resume)
     if r.halted:
         print(
             f"halted after step {r.steps} with a checkpoint in {r.out_dir}; continue with --resume"
