@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import pytest
+
+from distilkit.demo import DemoConfig, format_summary, run_demo, write_demo_corpus
+
+
+def test_embedded_corpus_is_english_prose_from_the_python_installation(tmp_path):
+    info = write_demo_corpus(tmp_path / "c.txt")
+    text = (tmp_path / "c.txt").read_text()
+    assert info["documents"] > 100 and info["bytes"] > 300_000
+    docs = text.strip().split("\n\n")
+    assert len(docs) == info["documents"]
+    # Paragraphs, not code: every line has at least 8 words.
+    assert all(len(line.split()) >= 8 for line in text.splitlines() if line)
+    assert "the" in text.split()[:2000]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_the_packaged_minilm(tmp_path):
+    s = run_demo(
+        DemoConfig(out_dir=str(tmp_path / "d"), adapt_steps=2, distill_steps=2, batch_size=4)
+    )
+    assert s["student"]["layers"] == [0, 3, 5]
+    assert s["student"]["params"]["total"] < s["teacher"]["params"]["total"]
+    assert 0.0 <= s["distill"]["held_out"]["agreement"] <= 1.0
+    assert "student" in format_summary(s)
+    assert (tmp_path / "d" / "student" / "model.safetensors").is_file()
