@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -19,23 +20,16 @@ def _load(name: str):
     return module
 
 
-def test_throughput_tiny_runs_both_paths_and_checks_equal_losses(
-    tiny_teacher, tiny_data, tmp_path
-):
+def test_throughput_tiny_runs_both_paths_and_checks_equal_losses(tiny_teacher, tiny_data, tmp_path):
     throughput = _load("throughput")
     out = throughput.main(
         [
-            "--teacher", str(tiny_teacher),
-            "--data", str(tiny_data),
-            "--work", str(tmp_path / "work"),
-            "--batch-size", "4",
-            "--steps", "2",
-            "--warmup", "1",
-            "--repeats", "1",
-            "--threads", "1",
-            "--in-process",
-            "--json", str(tmp_path / "r.json"),
-        ]  # fmt: skip
+            *("--teacher", str(tiny_teacher), "--data", str(tiny_data)),
+            *("--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")),
+            *shlex.split(
+                "--batch-size 4 --steps 2 --warmup 1 --repeats 1 --threads 1 --in-process"
+            ),
+        ]
     )
     saved = json.loads((tmp_path / "r.json").read_text())
     assert set(saved["summary"]) == {"a:auto", "b:fp32"}
@@ -61,7 +55,10 @@ def test_reference_losses_match_plain_formulas():
     throughput = _load("throughput")
     g = torch.Generator().manual_seed(0)
     b, length, v, h = 2, 6, 11, 4
-    s_logits, t_logits = torch.randn(b, length, v, generator=g), torch.randn(b, length, v, generator=g)
+    s_logits, t_logits = (
+        torch.randn(b, length, v, generator=g),
+        torch.randn(b, length, v, generator=g),
+    )
     s_h, t_h = torch.randn(b, length, h, generator=g), torch.randn(b, length, h, generator=g)
     labels = torch.full((b, length), -100)
     labels[0, 1], labels[1, 4] = 3, 7

@@ -61,3 +61,17 @@ def test_hidden_cosine():
     torch.testing.assert_close(hidden_cosine(h, -h), torch.tensor(2.0))
     ref = F.cosine_embedding_loss(h, h.flip(0), torch.ones(5))
     torch.testing.assert_close(hidden_cosine(h, h.flip(0)), ref)
+
+
+def test_kl_gradient_matches_autograd_of_the_plain_formula():
+    s, t = _logits(0).requires_grad_(), _logits(1)
+    for temp in (1.0, 2.0):
+        plain_s = s.detach().clone().requires_grad_()
+        t_logp = F.log_softmax(t / temp, -1)
+        plain = (t_logp.exp() * (t_logp - F.log_softmax(plain_s / temp, -1))).sum() * temp**2 / 5
+        (g_plain,) = torch.autograd.grad(plain, plain_s)
+        (g,) = torch.autograd.grad(soft_target_kl(s, t, temp, normalizer=5), s)
+        torch.testing.assert_close(g, g_plain)
+    sb = _logits(0).bfloat16().requires_grad_()
+    soft_target_kl(sb, _logits(1).bfloat16(), 2.0).backward()
+    assert sb.grad.dtype == torch.bfloat16
