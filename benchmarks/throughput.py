@@ -42,8 +42,6 @@ import sys
 import time
 from pathlib import Path
 
-log = logging.getLogger("throughput")
-
 # Random teachers: (layers, hidden, heads, intermediate, max positions).
 RANDOM_TEACHERS = {
     "small": (4, 256, 4, 1024, 512),
