@@ -12,7 +12,7 @@ from conftest import write_corpus
 from distilkit import cli
 from distilkit.ablate import VARIANTS, AblateConfig, AblationSizes, ablate, load_size
 from distilkit.ablate_report import build_report, render_markdown
-from distilkit.config import ConfigError, load_config
+from distilkit.config import ConfigError, load_config, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.finetune import build_config
 
@@ -123,6 +123,25 @@ def test_rerun_reuses_every_finished_sub_run(study, monkeypatch, capsys):
     assert [r["macro"] for r in again["rows"]] == [r["macro"] for r in first.report["rows"]]
 
 
+def test_workers_give_the_same_numbers_as_one_process(study, tmp_path):
+    cfg, serial = study
+    parallel = ablate(
+        AblateConfig(
+            size="tiny",
+            out=str(tmp_path / "w2"),
+            sizes_file=str(SIZES),
+            overrides=[*cfg.overrides, "workers=2"],
+        )
+    )
+    for a, b in zip(serial.report["rows"], parallel.report["rows"]):
+        assert a["label"] == b["label"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-6), a["label"]
+        assert a["zeroshot"] == pytest.approx(b["zeroshot"], abs=1e-6), a["label"]
+    assert len(parallel.ran) == len(serial.ran)  # every sub-run, each once
+    stages = parallel.report["stage_seconds"]
+    assert 0 < stages["span"] <= stages["total"]
+
+
 def test_a_finished_result_is_never_mixed_with_other_settings(study, tmp_path):
     cfg, _ = study
     changed = AblateConfig(
@@ -169,7 +188,7 @@ def test_markdown_states_retention_delta_and_goals():
     base = {
         "title": "x",
         "parameters": 10e6,
-        "spread": {"cola": {"min": 0.4, "max": 0.6}},
+        "spread": {"cola": {"min": 0.4, "max": 0.6, "values": [0.4, 0.5, 0.6]}},
         "seeds": {"cola": 3},
         "n_train": {"cola": [100, 8551]},
         "distilled": False,
@@ -182,7 +201,13 @@ def test_markdown_states_retention_delta_and_goals():
     for r in rows:
         r["scores"] = {"cola": r["scores"]["cola"]}
     report = build_report(rows, ["cola"])
+    report["settings"] = to_dict(load_size("cpu", SIZES))
     md = render_markdown(report, "figs")
+    d = report["settings"]["distill"]
+    rows_per_step = d["batch_size"] * d["grad_accumulation"]
+    assert f"{d['steps']} optimizer steps of {rows_per_step} sequences" in md
+    assert f"`{' '.join(report['settings']['evaluate']['overrides'])}`" in md
+    assert "| Score of each seed |" in md and "| 40.0, 50.0, 60.0 |" in md
     assert "| (i) | x | 10.0M | 49.0 | **49.0** | 98.0% | +0.00 | +0.00 | 50.0 |" in md
     assert "keeps **98.0%** of the teacher's Score (goal ≥ 98%): **met**" in md
     assert "random subset of 100 of its 8,551 training examples" in md
@@ -207,8 +232,9 @@ def test_sizes_file_pins_every_size():
             assert cfg.task == task
     assert (
         build_config("sst2", RECIPES, sizes.cpu.evaluate.task_overrides["sst2"]).max_train_examples
-        == 8000
+        == 3000
     )
+    assert sizes.cpu.workers * sizes.cpu.threads <= 2  # the 2-core machine it is sized for
     assert load_size("cpu", SIZES, ["distill.steps=7"]).distill.steps == 7
     with pytest.raises(ConfigError, match="distill.stepz"):
         load_size("cpu", SIZES, ["distill.stepz=7"])

@@ -37,3 +37,28 @@ def test_whole_model_adaptation_moves_the_encoder(tiny_teacher, tiny_data, tmp_p
     w0 = before.bert.encoder.layer[0].attention.self.query.weight
     w1 = after.bert.encoder.layer[0].attention.self.query.weight
     assert not torch.equal(w0, w1)
+
+
+def test_new_head_starts_at_the_prior_of_masked_targets(headless_teacher, tiny_data):
+    from distilkit.adapt import _set_prior_bias
+    from distilkit.data import TokenDataset
+    from distilkit.masking import MaskingConfig, token_weights
+
+    model, head_missing = load_mlm(headless_teacher)
+    assert head_missing
+    data = TokenDataset(tiny_data, "train")
+    masking = MaskingConfig()
+    _set_prior_bias(model, data, masking)
+    bias = model.get_output_embeddings().bias.detach().double()
+    counts = torch.from_numpy(data.token_counts()).double()
+    specials = list(data.special_ids.values())
+    mass = counts * token_weights(data.token_counts(), specials, masking.smoothing).double()
+    seen = torch.nonzero(mass > 0.5).flatten()
+    assert len(seen) > 10
+    # exp(bias) is proportional to count x masking weight: equal log-ratios for every seen id.
+    torch.testing.assert_close(
+        bias[seen] - bias[seen[0]], (mass[seen] / mass[seen[0]]).log(), rtol=0, atol=1e-5
+    )
+    assert bias.softmax(0)[specials].max() < bias.softmax(0)[seen].min()  # never targets
+    # Unseen ids keep half a count each: possible, but together a small share.
+    assert 0.95 < bias.softmax(0)[seen].sum() < 1.0

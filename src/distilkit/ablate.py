@@ -80,11 +80,14 @@ class AdaptSize:
     """Optimizer steps fitting the teacher's masked-LM head (0: use the teacher as it is; it
     must then have a head)."""
     batch_size: int = 32
-    head_lr: float = 2e-3
+    head_lr: float = 1e-2
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 40
     checkpoint_every: int = 0
+    threads: int = 0
+    """torch threads of this stage (0: the size's ``threads``). It runs alone before the
+    workers start, so it may use every core."""
 
 
 @dataclass
@@ -176,11 +179,16 @@ class AblationSize:
     evaluate: EvalSize = field(default_factory=EvalSize)
     bench: BenchSize = field(default_factory=BenchSize)
     threads: int = 0
-    """torch CPU threads for training and evaluation (0: torch's default)."""
+    """torch CPU threads for training and evaluation (0: torch's default), per worker."""
+    workers: int = 1
+    """Processes running the distillations and evaluations side by side (1: one after the
+    other, in this process). On a CPU, ``workers x threads`` should not exceed the cores."""
 
     def validate(self) -> None:
         if self.student_layers < 1:
             raise ConfigError("config key 'student_layers' must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("config key 'workers' must be at least 1")
 
 
 @dataclass
@@ -468,7 +476,7 @@ class _Study:
                 eval_every=a.eval_every,
                 eval_batches=a.eval_batches,
                 checkpoint_every=a.checkpoint_every,
-                threads=s.threads,
+                threads=a.threads or s.threads,
             )
             r = adapt_teacher(
                 AdaptConfig(
@@ -487,7 +495,8 @@ class _Study:
 
     # -- students
 
-    def students(self, teacher: _Step, data: _Step) -> dict[str, _Step]:
+    def inits(self, teacher: _Step) -> dict[str, _Step]:
+        """The two starting points: teacher layers, and the same architecture drawn afresh."""
         from distilkit.student import init_student
 
         s = self.s
@@ -513,7 +522,10 @@ class _Study:
             _random_student(init.folder, rand.folder, s.distill.seed)
             rand.finish(t)
             self.did("init-random")
+        return {"teacher": init, "random": rand}
 
+    def students(self, teacher: _Step, data: _Step, inits: dict[str, _Step]) -> dict[str, _Step]:
+        init, rand = inits["teacher"], inits["random"]
         out: dict[str, _Step] = {}
         for v in VARIANTS:
             if not v.distill:
@@ -591,69 +603,130 @@ class _Study:
     def evaluate(self, key: str, model: _Step) -> dict[str, Any]:
         """Fine-tune ``model`` on every task (one folder per seed), combine the seeds, and score
         STS-B zero-shot. Returns ``{task: metrics dict}`` in the format of ``finetune``."""
+        ev = self.s.evaluate
+        results: dict[str, Any] = {}
+        for task in ev.tasks:
+            folders = [self.finetune_seed(key, model, task, i) for i in range(ev.seeds)]
+            per_seed = [json.loads((f / "metrics.json").read_text("utf-8")) for f in folders]
+            results[_canon(task)] = _combine_seeds(per_seed, folders[0].parent)
+        if ev.zeroshot:
+            folder = self.zeroshot(key, model)
+            results["stsb-zeroshot"] = json.loads((folder / "metrics.json").read_text("utf-8"))
+        return results
+
+    def finetune_seed(self, key: str, model: _Step, task: str, i: int) -> Path:
+        """Fine-tune ``model`` on ``task`` with the ``i``-th seed (if not done); its folder."""
         from distilkit.finetune import build_config, default_recipes_path, finetune
 
         s = self.s
         ev = s.evaluate
         glue = _find(ev.glue_dir)
         recipes = default_recipes_path()
-        root = self.out / "eval" / key
-        results: dict[str, Any] = {}
-        for task in ev.tasks:
-            overrides = list(ev.overrides) + list(ev.task_overrides.get(task, []))
-            base = build_config(task, recipes, overrides, model=str(model.folder), data_dir=glue)
-            per_seed = []
-            for i in range(ev.seeds):
-                seed = base.seed + i
-                folder = root / base.task / f"seed-{seed}"
-                cfg = build_config(
-                    task,
-                    recipes,
-                    overrides,
-                    model=str(model.folder),
-                    data_dir=glue,
-                    out=str(folder),
-                    seeds=1,
-                    seed=seed,
-                    threads=s.threads,
-                )
-                kept = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
-                st = self.step(
-                    f"{key}/{base.task}/seed-{seed}",
-                    folder,
-                    {"upstream": [model.digest], "glue_dir": ev.glue_dir, "finetune": kept},
-                )
-                if not st.done:
-                    t = st.start()
-                    r = finetune(cfg)
-                    st.finish(t, {"score": r["score"]})
-                    self.did(f"eval {key} {base.task} seed {seed}")
-                per_seed.append(json.loads((folder / "metrics.json").read_text(encoding="utf-8")))
-            results[base.task] = _combine_seeds(per_seed, root / base.task)
-        if ev.zeroshot:
-            from distilkit.zeroshot import ZeroShotConfig, zeroshot
+        overrides = list(ev.overrides) + list(ev.task_overrides.get(task, []))
+        base = build_config(task, recipes, overrides, model=str(model.folder), data_dir=glue)
+        seed = base.seed + i
+        folder = self.out / "eval" / key / base.task / f"seed-{seed}"
+        cfg = build_config(
+            task,
+            recipes,
+            overrides,
+            model=str(model.folder),
+            data_dir=glue,
+            out=str(folder),
+            seeds=1,
+            seed=seed,
+            threads=s.threads,
+        )
+        kept = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
+        st = self.step(
+            f"{key}/{base.task}/seed-{seed}",
+            folder,
+            {"upstream": [model.digest], "glue_dir": ev.glue_dir, "finetune": kept},
+        )
+        if not st.done:
+            t = st.start()
+            r = finetune(cfg)
+            st.finish(t, {"score": r["score"]})
+            self.did(f"eval {key} {base.task} seed {seed}")
+        return folder
 
-            folder = root / "stsb-zeroshot"
-            zcfg = ZeroShotConfig(
-                model=str(model.folder),
-                data_dir=glue,
-                out=str(folder),
-                max_eval_examples=ev.zeroshot_max_examples,
-                threads=s.threads,
-            )
-            kept = {k: v for k, v in to_dict(zcfg).items() if k not in _NOT_RESULT_KEYS}
-            st = self.step(
-                f"{key}/stsb-zeroshot",
-                folder,
-                {"upstream": [model.digest], "glue_dir": ev.glue_dir, "zeroshot": kept},
-            )
-            if not st.done:
-                t = st.start()
-                r = zeroshot(zcfg)
-                st.finish(t, {"score": r["score"]})
-                self.did(f"eval {key} stsb-zeroshot")
-            results["stsb-zeroshot"] = json.loads((folder / "metrics.json").read_text("utf-8"))
-        return results
+    def zeroshot(self, key: str, model: _Step) -> Path:
+        """Score ``model`` on STS-B zero-shot (if not done); its folder."""
+        from distilkit.zeroshot import ZeroShotConfig, zeroshot
+
+        s = self.s
+        folder = self.out / "eval" / key / "stsb-zeroshot"
+        zcfg = ZeroShotConfig(
+            model=str(model.folder),
+            data_dir=_find(s.evaluate.glue_dir),
+            out=str(folder),
+            max_eval_examples=s.evaluate.zeroshot_max_examples,
+            threads=s.threads,
+        )
+        kept = {k: v for k, v in to_dict(zcfg).items() if k not in _NOT_RESULT_KEYS}
+        st = self.step(
+            f"{key}/stsb-zeroshot",
+            folder,
+            {"upstream": [model.digest], "glue_dir": s.evaluate.glue_dir, "zeroshot": kept},
+        )
+        if not st.done:
+            t = st.start()
+            r = zeroshot(zcfg)
+            st.finish(t, {"score": r["score"]})
+            self.did(f"eval {key} stsb-zeroshot")
+        return folder
+
+    # -- several workers
+
+    def run_workers(self, teacher: _Step, data: _Step, inits: dict[str, _Step]) -> None:
+        """Run the distillations and every evaluation sub-run in ``workers`` processes.
+
+        Longest first: the five distillations are queued before the evaluations of the teacher
+        and of (vi), and each distilled student's evaluations are queued when it finishes. The
+        serial pass that follows then only collects the finished results.
+        """
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        s = self.s
+        ev = s.evaluate
+        todo: dict[cf.Future, str | None] = {}
+        with cf.ProcessPoolExecutor(
+            s.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
+        ) as pool:
+
+            def submit(job: tuple, then: str | None = None) -> None:
+                todo[pool.submit(_worker_job, s, self.out, job)] = then
+
+            def evaluations(label: str, model: _Step) -> None:
+                for task in ev.tasks:
+                    for i in range(ev.seeds):
+                        submit(("finetune", label, model, task, i))
+                if ev.zeroshot:
+                    submit(("zeroshot", label, model))
+
+            for v in VARIANTS:
+                if v.distill:
+                    start = inits["random"] if v.init == "random" else inits["teacher"]
+                    submit(("distill", v.key, teacher, start, data), v.slug)
+            evaluations("teacher", teacher)
+            for v in VARIANTS:
+                if not v.distill:
+                    evaluations(v.slug, inits["teacher"])
+            try:
+                while todo:
+                    finished, _ = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+                    for f in finished:
+                        then = todo.pop(f)
+                        st, ran = f.result()  # a failed sub-run raises here
+                        self.ran += ran
+                        if then:
+                            evaluations(then, st)
+            except BaseException:
+                # Stop queueing; the sub-runs already running finish (they are resumable).
+                for f in todo:
+                    f.cancel()
+                raise
 
     # -- speed
 
@@ -696,8 +769,35 @@ _NOT_RESULT_KEYS = ("out", "threads", "log_every", "device", "eval_batch_size", 
 
 def _result_keys(section) -> dict[str, Any]:
     """A training section without its logistics: changing how often a run logs or
-    checkpoints must not invalidate it."""
-    return {k: v for k, v in to_dict(section).items() if k not in ("log_every", "checkpoint_every")}
+    checkpoints, or on how many threads, must not invalidate it."""
+    logistics = ("log_every", "checkpoint_every", "threads")
+    return {k: v for k, v in to_dict(section).items() if k not in logistics}
+
+
+def _worker_init() -> None:
+    """A worker process: log like the CLI, without progress bars (two would interleave)."""
+    os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _worker_job(size: AblationSize, out: Path, job: tuple) -> tuple[_Step | None, list[str]]:
+    """One sub-run in a worker process: ``(the distilled student's step or None, ran)``."""
+    study = _Study(size, out)
+    kind, key, *args = job
+    if kind == "distill":
+        teacher, start, data = args
+        v = next(v for v in VARIANTS if v.key == key)
+        return study._distill(v, teacher, start, data), study.ran
+    if kind == "finetune":
+        model, task, i = args
+        study.finetune_seed(key, model, task, i)
+    elif kind == "zeroshot":
+        study.zeroshot(key, args[0])
+    else:
+        raise ValueError(f"unknown job {kind}")
+    return None, study.ran
 
 
 def _tiny_bert(t: TeacherSize, folder: Path) -> None:
@@ -784,7 +884,10 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     study = _Study(size, out)
     data = study.data()
     teacher = study.teacher(data)
-    students = study.students(teacher, data)
+    inits = study.inits(teacher)
+    if size.workers > 1:
+        study.run_workers(teacher, data, inits)
+    students = study.students(teacher, data, inits)
     models = {"teacher": teacher} | {v.slug: students[v.key] for v in VARIANTS}
     evals = {label: study.evaluate(label, st) for label, st in models.items()}
     bench_result = study.bench(models)
@@ -854,11 +957,20 @@ def _row(label, v: Variant | None, st: _Step, ev: dict, bench_result, size) -> d
 
 
 def _stage_seconds(steps: dict[str, _Step]) -> dict[str, float]:
+    """Wall seconds per stage, their sum, and the span from the first sub-run's start to the
+    last one's finish (shorter than the sum when workers overlap)."""
     out: dict[str, float] = {}
+    spans = []
     for name, st in steps.items():
         stage = "evaluate" if "/" in name else name
         out[stage] = out.get(stage, 0.0) + st.seconds
+        finished = (st.record or {}).get("finished_at")
+        if finished:
+            end = datetime.fromisoformat(finished).timestamp()
+            spans.append((end - st.seconds, end))
     out["total"] = sum(out.values())
+    if spans:
+        out["span"] = max(e for _, e in spans) - min(b for b, _ in spans)
     return out
 
 

@@ -27,6 +27,7 @@ def build_report(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
     rows = [dict(r) for r in rows]
     for r in rows:
         r["macro"] = sum(r["scores"][t] for t in tasks) / len(tasks)
+        r["macro_by_seed"] = _macro_by_seed(r, tasks)
     teacher = rows[0]
     ref = next((r for r in rows if r["key"] == "i"), None)
     for r in rows:
@@ -35,6 +36,15 @@ def build_report(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
         z, zt = r.get("zeroshot"), teacher.get("zeroshot")
         r["zeroshot_retention"] = None if z is None or zt is None else retention(z, zt)
     return {"tasks": tasks, "rows": rows, "goals": _goals(rows)}
+
+
+def _macro_by_seed(row: dict[str, Any], tasks: list[str]) -> list[float] | None:
+    """The Score of each seed index (seed k of every task), when every task has the same
+    seeds: its spread shows how much of a Δ the fine-tuning noise alone can make."""
+    values = [row.get("spread", {}).get(t, {}).get("values") for t in tasks]
+    if not all(values) or len({len(v) for v in values}) != 1:
+        return None
+    return [sum(v[k] for v in values) / len(tasks) for k in range(len(values[0]))]
 
 
 def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,6 +91,7 @@ def render_markdown(report: dict[str, Any], figures: str) -> str:
         "# Ablation: what each part of the DistilBERT recipe is worth (paper Table 4)",
         "",
         *_intro(report),
+        *_settings_lines(report.get("settings")),
         "## Table 4 on this teacher",
         "",
         *_table4(report, has_speed),
@@ -115,18 +126,52 @@ def render_markdown(report: dict[str, Any], figures: str) -> str:
             f"![speed]({figures}/speed.png)",
             "",
         ]
-    stages = report.get("stage_seconds", {})
+    stages = dict(report.get("stage_seconds", {}))
+    names = {
+        "total": "**sum of the sub-runs**",
+        "span": "**elapsed**, first start to last finish (workers overlap)",
+    }
     parts += [
         "## Compute time",
         "",
-        "Sum of the recorded sub-runs (reused ones included).",
+        "Wall time of the recorded sub-runs (reused ones included).",
         "",
         "| stage | wall time |",
         "|---|---|",
-        *(f"| {k} | {_dur(v)} |" for k, v in stages.items()),
+        *(f"| {names.get(k, k)} | {_dur(v)} |" for k, v in stages.items()),
         "",
     ]
     return "\n".join(parts)
+
+
+def _settings_lines(settings: dict[str, Any] | None) -> list[str]:
+    """The budget in words, from the size's settings (every number is in the size's YAML)."""
+    if not settings:
+        return []
+    d, ev, data = settings["distill"], settings["evaluate"], settings["data"]
+    rows = d["batch_size"] * d["grad_accumulation"]
+    task_extra = "; ".join(
+        f"{task}: {', '.join(items)}" for task, items in ev.get("task_overrides", {}).items()
+    )
+    workers = settings.get("workers", 1)
+    return [
+        "## Settings",
+        "",
+        f"- Students: {settings['student_layers']} layers, the teacher's width.",
+        f"- Distillation, the same for (i)–(v): {d['steps']} optimizer steps of {rows} "
+        f"sequences of ≤ {data['max_length']} tokens, lr {d['lr']:g} ({d['warmup_ratio']:g} "
+        f"warm-up), α_ce / α_mlm / α_cos = {d['alpha_ce']:g} / {d['alpha_mlm']:g} / "
+        f"{d['alpha_cos']:g} (the removed one set to 0), T = {d['temperature']:g}, seed "
+        f"{d['seed']}: every student sees the same batches and masks.",
+        f"- Fine-tuning, the same for every model: `configs/finetune.yaml` plus "
+        f"`{' '.join(ev['overrides']) or '(nothing)'}`"
+        + (f"; per task `{task_extra}`" if task_extra else "")
+        + f"; {ev['seeds']} seeds, median reported.",
+        f"- Ran as {workers} worker process(es) × {settings.get('threads') or 'default'} "
+        "torch thread(s).",
+        "- Method, limits and discussion: `docs/ablation.md`.",
+        "",
+    ]
 
 
 def _intro(report: dict[str, Any]) -> list[str]:
@@ -269,9 +314,12 @@ def _distill_table(rows: list[dict[str, Any]]) -> list[str]:
 def _spread_table(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
     from distilkit.tasks import get_task
 
+    by_seed = all(r.get("macro_by_seed") for r in rows)
     lines = [
-        "| model | " + " | ".join(get_task(t).title for t in tasks) + " |",
-        "|---|" + "---|" * len(tasks),
+        "| model | "
+        + " | ".join(get_task(t).title for t in tasks)
+        + (" | Score of each seed |" if by_seed else " |"),
+        "|---|" + "---|" * (len(tasks) + by_seed),
     ]
     for r in rows:
         cells = [
@@ -279,6 +327,8 @@ def _spread_table(rows: list[dict[str, Any]], tasks: list[str]) -> list[str]:
             f"{100 * r['spread'][t]['max']:.1f}]"
             for t in tasks
         ]
+        if by_seed:
+            cells.append(", ".join(f"{100 * x:.1f}" for x in r["macro_by_seed"]))
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     return lines
 

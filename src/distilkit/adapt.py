@@ -31,7 +31,7 @@ from distilkit.loop import (
     setup_runtime,
 )
 from distilkit.losses import mlm_cross_entropy
-from distilkit.masking import MaskingConfig
+from distilkit.masking import MaskingConfig, token_weights
 from distilkit.modeling import load_mlm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,13 @@ class AdaptConfig:
     ``whole_model`` is set."""
     whole_model: bool = False
     """Train every weight even when the head is new."""
-    head_lr: float = 2e-3
-    """Learning rate when only the head trains (a new head needs far more than fine-tuning)."""
+    head_lr: float = 1e-2
+    """Learning rate when only the head trains (a new head needs far more than fine-tuning: Adam
+    moves each weight by about ``lr`` a step, and the head's logits must move by several units)."""
+    prior_bias: bool = True
+    """Start a new head's output bias at the log-frequency of masked targets in ``data`` (the
+    unigram counts times the masking weights), so the head predicts the prior from step 0
+    instead of spending its first thousand steps learning it."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=_adapt_train_defaults)
 
@@ -130,6 +135,8 @@ def adapt_teacher(cfg: AdaptConfig, resume: bool | str = False) -> AdaptResult:
             cfg.teacher,
             "head only" if head_only else "whole model",
         )
+    if headless and cfg.prior_bias:
+        _set_prior_bias(model, data, cfg.masking)
     model.to(rt.device).train()
     objective = MLMObjective(model, head_only)
     train_cfg = cfg.train
@@ -189,6 +196,25 @@ tags: [distilkit, fill-mask]
     if rt.world > 1:
         torch.distributed.barrier()
     return AdaptResult(out, result.steps, result.seconds, result.final_eval, head_only)
+
+
+def _set_prior_bias(model: nn.Module, data: TokenDataset, masking: MaskingConfig) -> None:
+    """Set the vocabulary bias to ``log p(target)``: a target is masked with probability
+    proportional to ``count * weight`` (frequency-smoothed masking), so that is its prior."""
+    head = model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    if bias is None:
+        raise DistilkitError(f"the masked-LM head of {type(model).__name__} has no output bias")
+    counts = torch.from_numpy(data.token_counts().astype("float64"))
+    weights = token_weights(data.token_counts(), list(data.special_ids.values()), masking.smoothing)
+    mass = counts * weights.double()  # (V,) expected number of times each id is a target
+    if mass.numel() != bias.numel() or mass.sum() <= 0:
+        raise DistilkitError("token counts of the data do not match the teacher's vocabulary")
+    # Unseen ids get half a count, not -inf: they are rare, not impossible.
+    prior = (mass.clamp_min(0.5) / mass.sum()).log()
+    with torch.no_grad():
+        bias.copy_(prior.to(bias.dtype))
+    log.info("new head's output bias set to the log prior of masked targets")
 
 
 def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
