@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,6 +143,50 @@ def test_workers_give_the_same_numbers_as_one_process(study, tmp_path):
     assert len(parallel.ran) == len(serial.ran)  # every sub-run, each once
     stages = parallel.report["stage_seconds"]
     assert 0 < stages["span"] <= stages["total"]
+
+
+_PARENT = """
+import multiprocessing as mp, os, sys, time
+from distilkit.ablate import _worker_init
+
+def child(path):
+    _worker_init()
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    mp.get_context("spawn").Process(target=child, args=(sys.argv[1],)).start()
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its reaping is pending
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl death signal is Linux")
+def test_workers_die_with_a_killed_study(tmp_path):
+    script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+    finally:
+        parent.kill()  # SIGKILL: no cleanup code of the parent runs
+        parent.wait()
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "a worker outlived its study"
 
 
 def test_a_finished_result_is_never_mixed_with_other_settings(study, tmp_path):

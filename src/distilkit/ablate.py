@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -775,11 +776,30 @@ def _result_keys(section) -> dict[str, Any]:
 
 
 def _worker_init() -> None:
-    """A worker process: log like the CLI, without progress bars (two would interleave)."""
+    """A worker process: dies with the study, logs like the CLI, without progress bars (two
+    would interleave)."""
+    _die_with_parent()
     os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies. Without it, a study killed with
+    SIGKILL leaves its workers running their jobs, and a rerun would run the same sub-runs
+    beside them, into the same folders."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot tie this worker's life to the study (prctl failed)")
+    if os.getppid() == 1:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 def _worker_job(size: AblationSize, out: Path, job: tuple) -> tuple[_Step | None, list[str]]:
