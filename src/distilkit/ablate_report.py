@@ -57,7 +57,19 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if "i" in by and "vi" in by:
         margin = 100 * (by["i"]["macro"] - by["vi"]["macro"])
         goals["i_minus_vi"] = margin
-        goals["beats_vi"] = margin > 1.0  # "clearly": more than one macro point
+        # "Clearly": more than one Score point, and (when every seed's Score is known) every
+        # seed of (i) above every seed of (vi), so that fine-tuning noise cannot explain it.
+        si, svi = by["i"].get("macro_by_seed"), by["vi"].get("macro_by_seed")
+        separated = None if not (si and svi) else min(si) > max(svi)
+        goals["seed_ranges"] = (
+            None
+            if separated is None
+            else [
+                [100 * min(si), 100 * max(si)],
+                [100 * min(svi), 100 * max(svi)],
+            ]
+        )
+        goals["beats_vi"] = margin > 1.0 and separated is not False
     ablated = [k for k in ("ii", "iii", "iv", "v") if k in by and by[k]["delta_vs_i"] is not None]
     if len(ablated) == 4:
         order = sorted(ablated, key=lambda k: by[k]["delta_vs_i"])  # most harmful first
@@ -276,9 +288,17 @@ def _goal_lines(goals: dict[str, Any]) -> list[str]:
             f"(goal ≥ 98%): {verdict(goals['retention_met'])}."
         )
     if "i_minus_vi" in goals:
+        ranges = goals.get("seed_ranges")
+        seeds = (
+            ""
+            if not ranges
+            else f"; Score of the seeds: (i) [{ranges[0][0]:.1f}, {ranges[0][1]:.1f}], (vi) "
+            f"[{ranges[1][0]:.1f}, {ranges[1][1]:.1f}]"
+        )
         lines.append(
-            f"- (i) − (vi) = **{goals['i_minus_vi']:+.2f}** points (goal: clearly better, "
-            f"taken as > 1 point): {verdict(goals['beats_vi'])}."
+            f"- (i) − (vi) = **{goals['i_minus_vi']:+.2f}** points{seeds} (goal: clearly better, "
+            "taken as > 1 point with every seed of (i) above every seed of (vi)): "
+            f"{verdict(goals['beats_vi'])}."
         )
     if "order" in goals:
         names = {v.key: f"({v.key}) {v.label}" for v in VARIANTS}
