@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -681,16 +680,10 @@ def _median(values):
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from distilkit.bench import cpu_name
+
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -997,14 +997,8 @@ def _stage_seconds(steps: dict[str, _Step]) -> dict[str, float]:
 def _environment(command: str) -> dict[str, Any]:
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from distilkit.bench import cpu_name
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -1012,7 +1006,7 @@ def _environment(command: str) -> dict[str, Any]:
     return {
         "date": _now(),
         "command": command,
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpus_usable": usable,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),

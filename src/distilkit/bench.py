@@ -590,7 +590,8 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -611,7 +612,7 @@ def _environment(cfg: BenchConfig, device: str) -> dict[str, Any]:
         usable = os.cpu_count()
     env = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "loadavg_start": _loadavg(),
