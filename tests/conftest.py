@@ -195,3 +195,47 @@ def tiny_data(tmp_path_factory, tiny_teacher) -> Path:
         )
     )
     return out
+
+
+def make_sentence_encoder(folder: Path, tok, pooling: str = "mean", normalize: bool = True) -> Path:
+    """A tiny BertModel in the sentence-transformers layout (like all-MiniLM-L6-v2)."""
+    import json
+
+    save_tiny_bert(folder, tok, with_head=False)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    pool = {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sentence_teacher(tmp_path_factory, tiny_tok) -> Path:
+    """A tiny sentence-transformers teacher: BertModel, mean pooling, normalised."""
+    return make_sentence_encoder(tmp_path_factory.mktemp("sbert"), tiny_tok)

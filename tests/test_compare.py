@@ -178,3 +178,28 @@ def test_compare_cli_runs_missing_evaluations(tmp_path, capsys):
     # The 1-layer student has fewer parameters than the 2-layer teacher.
     assert 0 < report["retention"]["parameters"] < 100
     assert set(report["student"]["scores"]) == {"rte", "stsb-zeroshot"}
+
+
+def test_sanity_gates_flag_a_broken_evaluation():
+    from distilkit.compare import render_gates, sanity_gates
+
+    teacher, student = _sides()
+    teacher["model"] = "bert-base-uncased"
+    # Student: fine-tuned STS-B below its own zero-shot score, CoLA at the majority class.
+    student["results"]["cola"] = _result("cola", 0.0, {"mcc": 0.0}, 66_000_000)
+    for side, ft in ((teacher, 0.3), (student, 0.1)):
+        side["results"]["stsb"] = _result("stsb", ft, {"pearson": ft, "spearman": ft}, 1)
+    report = build_report(teacher, student, ["cola", "stsb", "stsb-zeroshot"])
+    gates = {(g["model"], g["gate"]): g["passed"] for g in report["gates"]}
+    assert gates[("Student", "fine-tuned STS-B >= zero-shot STS-B")] is False
+    assert gates[("BERT", "fine-tuned STS-B >= zero-shot STS-B")] is True
+    assert gates[("Student", "CoLA MCC > 0")] is False
+    assert gates[("BERT", "CoLA MCC > 0")] is True
+    # bert-base-uncased's public CoLA dev level is 56.3: 50.0 is more than 3 points below.
+    assert gates[("BERT", "teacher CoLA near its public level")] is False
+    text = render_markdown(report)
+    assert "## Sanity gates" in text and "**FAILED**" in text and "DistilBERT paper" in text
+    # A teacher with no public reference is said to be unchecked, not passed.
+    teacher["model"] = "my-own-model"
+    assert any(g["passed"] is None for g in sanity_gates(build_report(teacher, student, ["cola"])))
+    assert "not checked" in render_gates(sanity_gates(build_report(teacher, student, ["cola"])))

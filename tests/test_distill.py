@@ -227,3 +227,22 @@ def test_refuses_to_mix_runs_and_to_resume_from_nothing(tiny_teacher, tiny_data,
         distill(_cfg(tiny_teacher, tiny_data, tmp_path / "a", max_steps=2))
     with pytest.raises(DistilkitError, match="no usable checkpoint"):
         distill(_cfg(tiny_teacher, tiny_data, tmp_path / "c", max_steps=2), resume=True)
+
+
+def test_validation_set_is_fixed_and_uniform_whatever_the_seed_or_batch_size(
+    tiny_teacher, tiny_data, tmp_path
+):
+    from distilkit.data import TokenDataset
+    from distilkit.loop import _validation_batches
+
+    # The teacher is frozen, so its held-out accuracy is a fingerprint of the masks.
+    a = distill(_cfg(tiny_teacher, tiny_data, tmp_path / "a", max_steps=2, seed=1, batch_size=4))
+    b = distill(_cfg(tiny_teacher, tiny_data, tmp_path / "b", max_steps=2, seed=9, batch_size=8))
+    assert a.final_eval["teacher_accuracy"] == b.final_eval["teacher_accuracy"]
+    # Uniform: 15% of the real tokens of each held-out batch are targets (ceil), and the
+    # masked positions do not follow the frequency-smoothed training weights.
+    val = TokenDataset(tiny_data, "validation")
+    batches = _validation_batches(val, 0, val.special_ids)
+    assert sum(len(x["original_ids"]) for x in batches) == len(val)
+    for x in batches:
+        assert len(x["target_idx"]) == -(-15 * x["n_tokens"] // 100)

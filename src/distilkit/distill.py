@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -31,7 +32,21 @@ from distilkit.loop import (
 )
 from distilkit.losses import hidden_cosine, mlm_cross_entropy, soft_target_kl
 from distilkit.masking import MaskingConfig
-from distilkit.modeling import count_parameters, encoder_of, load_mlm, load_tokenizer, mlm_head_of
+from distilkit.modeling import (
+    count_parameters,
+    encoder_of,
+    load_mlm,
+    load_tokenizer,
+    mlm_head_of,
+    resolve_model,
+)
+from distilkit.sentence import (
+    EmbeddingLossConfig,
+    EmbeddingObjective,
+    save_sentence_transformer,
+    sentence_ends,
+    sentence_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +57,10 @@ DEFAULT_ALPHA_CE = 5.0
 class LossConfig:
     """Weights of the triple loss (defaults: the reference's single-GPU recipe 5/2/1, T=2)."""
 
+    objective: Literal["auto", "triple", "embedding"] = "auto"
+    """triple: the paper's L_ce/L_mlm/L_cos on masked text. embedding: keep a sentence encoder's
+    pooled sentence embeddings (loss.embedding). auto: embedding for a sentence-transformers
+    teacher (modules.json with a Pooling module), triple otherwise."""
     alpha_ce: float | None = None
     """Soft-target KL weight; unset means 5.0, or 0 when the teacher has no masked-LM head."""
     alpha_mlm: float = 2.0
@@ -49,6 +68,7 @@ class LossConfig:
     temperature: float = 2.0
     restrict_ce_to_mask: bool = True
     """L_ce on masked positions only (True) or on every real token."""
+    embedding: EmbeddingLossConfig = field(default_factory=EmbeddingLossConfig)
 
     def validate(self) -> None:
         if self.temperature <= 0:
@@ -120,10 +140,15 @@ class LMNet(nn.Module):
 class DistillObjective:
     """Triple loss between a trainable student and a frozen teacher."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, loss: LossConfig):
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, loss: LossConfig, teacher_head: bool = True
+    ):
         self.student = LMNet(student)
         self.teacher = LMNet(teacher)
         self.loss = loss
+        # A headless teacher's vocabulary head is random: its accuracy and the student's
+        # agreement with it mean nothing, so they are not reported.
+        self.teacher_head = teacher_head
         w = {"ce": loss.alpha_ce or 0.0, "mlm": loss.alpha_mlm, "cos": loss.alpha_cos}
         self.weights = {k: v for k, v in w.items() if v > 0}
         self.part_names = tuple(self.weights)
@@ -186,12 +211,9 @@ class DistillObjective:
                 cos_sum += float(hidden_cosine(s_real, t_real, normalizer=1.0))
                 n_real += len(b["real_idx"])
         n = max(n, 1.0)
-        result = {
-            "student_mlm_loss": ce_sum / n,
-            "student_accuracy": correct_s / n,
-            "teacher_accuracy": correct_t / n,
-            "agreement": agree / n,
-        }
+        result = {"student_mlm_loss": ce_sum / n, "student_accuracy": correct_s / n}
+        if self.teacher_head:
+            result |= {"teacher_accuracy": correct_t / n, "agreement": agree / n}
         if n_real:
             result["cosine_loss"] = cos_sum / n_real
         return result
@@ -211,7 +233,30 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
     t_tok = load_tokenizer(cfg.teacher)
     # Checks that need no student come before building one, so that a failure leaves no
     # student-init behind in the output folder.
-    loss = _resolve_alphas(cfg.loss, teacher_headless, cfg.teacher)
+    spec, kind = _objective_kind(cfg.loss, cfg.teacher)
+    if kind == "embedding":
+        loss = cfg.loss
+        loss.embedding.validate()
+        if rt.main:
+            log.info(
+                "teacher %s is a sentence encoder (%s pooling%s): distilling its sentence "
+                "embeddings (L_emb %g, L_sim %g, L_tok %g on %s)",
+                cfg.teacher,
+                spec.pooling,
+                ", normalised" if spec.normalize else "",
+                loss.embedding.alpha_emb,
+                loss.embedding.alpha_sim,
+                loss.embedding.alpha_tok,
+                loss.embedding.spans,
+            )
+    else:
+        if teacher_headless and rt.main:
+            log.info(
+                "teacher %s has no masked-LM head (expected for a plain encoder): no L_ce, and "
+                "no teacher accuracy in validation",
+                cfg.teacher,
+            )
+        loss = _resolve_alphas(cfg.loss, teacher_headless, cfg.teacher)
     _check_data_vocabulary(data, t_tok)
     student_ref = cfg.student
     if not student_ref:
@@ -227,11 +272,21 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
     student, _ = load_mlm(student_ref)
     s_tok = load_tokenizer(student_ref)
 
-    _check_compatible(teacher, student, t_tok, s_tok, data, loss)
+    _check_compatible(teacher, student, t_tok, s_tok, data, loss, kind)
 
     teacher.to(rt.device).eval().requires_grad_(False)
     student.to(rt.device).train()
-    objective = DistillObjective(student, teacher, loss)
+    if kind == "embedding":
+        objective = EmbeddingObjective(
+            encoder_of(student),
+            encoder_of(teacher),
+            spec,
+            loss.embedding,
+            data.special_ids,
+            sentence_ends(t_tok),
+        )
+    else:
+        objective = DistillObjective(student, teacher, loss, teacher_head=not teacher_headless)
     run_info = {
         "stage": "distill",
         "distilkit": __version__,
@@ -239,6 +294,7 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         "student_init": student_ref,
         "data": cfg.data,
         "world_size": rt.world,
+        "objective": kind,
         "config": to_dict(cfg) | {"loss": to_dict(loss)},
     }
     result = run(objective, student, cfg.data, cfg.masking, cfg.train, out, rt, resume, run_info)
@@ -255,13 +311,28 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
             result.nonfinite_skipped,
             halted=True,
         )
-    t_params, s_params = count_parameters(teacher), count_parameters(student)
+    if kind == "embedding":  # the encoders are what is used and saved
+        t_params, s_params = (
+            count_parameters(encoder_of(teacher)),
+            count_parameters(encoder_of(student)),
+        )
+    else:
+        t_params, s_params = count_parameters(teacher), count_parameters(student)
     tps = result.tokens / max(result.seconds, 1e-9)
     if rt.main:
         plot_curves(out)
-        card = _model_card(cfg, loss, student_ref, result, t_params, s_params, tps)
-        save_final(student, s_tok, out, card)
+        card = _model_card(cfg, loss, kind, student_ref, result, t_params, s_params, tps)
+        if kind == "embedding":
+            teacher_dir = resolve_model(cfg.teacher)
+
+            def write(tmp: Path) -> None:
+                save_sentence_transformer(encoder_of(student), s_tok, tmp, teacher_dir, spec)
+
+            save_final(student, s_tok, out, card, write=write)
+        else:
+            save_final(student, s_tok, out, card)
         summary = {
+            "objective": kind,
             "steps": result.steps,
             "tokens": result.tokens,
             "seconds": result.seconds,
@@ -288,6 +359,20 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         s_params,
         result.nonfinite_skipped,
     )
+
+
+def _objective_kind(loss: LossConfig, teacher: str):
+    """``(sentence spec or None, "triple" | "embedding")`` for this teacher and setting."""
+    spec = sentence_spec(resolve_model(teacher)) if Path(resolve_model(teacher)).is_dir() else None
+    kind = loss.objective
+    if kind == "auto":
+        kind = "embedding" if spec is not None else "triple"
+    if kind == "embedding" and spec is None:
+        raise DistilkitError(
+            f"loss.objective=embedding needs a sentence-transformers teacher (modules.json with a "
+            f"Pooling module); {teacher} is not one"
+        )
+    return spec, kind
 
 
 def _resolve_alphas(loss: LossConfig, teacher_headless: bool, teacher: str) -> LossConfig:
@@ -318,7 +403,7 @@ def _check_data_vocabulary(data: TokenDataset, t_tok) -> None:
         )
 
 
-def _check_compatible(teacher, student, t_tok, s_tok, data: TokenDataset, loss) -> None:
+def _check_compatible(teacher, student, t_tok, s_tok, data, loss, kind="triple") -> None:
     tv, sv = teacher.config.vocab_size, student.config.vocab_size
     if tv != sv:
         raise DistilkitError(f"teacher and student vocabularies differ ({tv} vs {sv} entries)")
@@ -328,17 +413,39 @@ def _check_compatible(teacher, student, t_tok, s_tok, data: TokenDataset, loss) 
     _check_data_vocabulary(data, t_tok)
     th = getattr(teacher.config, "hidden_size", None) or teacher.config.dim
     sh = getattr(student.config, "hidden_size", None) or student.config.dim
-    if loss.alpha_cos and th != sh:
+    if kind == "embedding" and th != sh:
+        raise DistilkitError(
+            f"the embedding objective needs equal hidden sizes (teacher {th}, student {sh})"
+        )
+    if kind == "triple" and loss.alpha_cos and th != sh:
         raise DistilkitError(
             f"L_cos needs equal hidden sizes (teacher {th}, student {sh}); set loss.alpha_cos=0"
         )
 
 
-def _model_card(cfg, loss, student_ref, result, t_params, s_params, tps) -> str:
+def _model_card(cfg, loss, kind, student_ref, result, t_params, s_params, tps) -> str:
     ev = "\n".join(f"| {k} | {v:.4f} |" for k, v in result.final_eval.items()) or "| - | - |"
+    if kind == "embedding":
+        e = loss.embedding
+        losses = (
+            f"sentence-embedding objective: alpha_emb={e.alpha_emb}, alpha_sim={e.alpha_sim}, "
+            f"alpha_tok={e.alpha_tok}, spans={e.spans} ({e.min_tokens}-{e.max_tokens} tokens)"
+        )
+        tags, where = "[distilkit, distillation, sentence-transformers]", "held-out sentences"
+        usage = (
+            "Load with `sentence_transformers.SentenceTransformer(path)` (the teacher's pooling "
+            "and normalisation) or `AutoModel.from_pretrained(path)`."
+        )
+    else:
+        losses = (
+            f"alpha_ce={loss.alpha_ce}, alpha_mlm={loss.alpha_mlm}, alpha_cos={loss.alpha_cos},\n"
+            f"  temperature={loss.temperature}, restrict_ce_to_mask={loss.restrict_ce_to_mask}"
+        )
+        tags, where = "[distilkit, distillation, fill-mask]", "masked positions, uniform 15%"
+        usage = 'Load with `AutoModelForMaskedLM.from_pretrained(path)`; works in `pipeline("fill-mask")`.'
     return f"""---
 library_name: transformers
-tags: [distilkit, distillation, fill-mask]
+tags: {tags}
 ---
 # Student distilled with distilkit
 
@@ -346,17 +453,16 @@ tags: [distilkit, distillation, fill-mask]
 - Student: initialised from `{student_ref}` ({s_params["total"] / 1e6:.1f}M parameters,
   {100 * s_params["total"] / t_params["total"]:.0f}% of the teacher)
 - Data: `{cfg.data}`
-- Losses: alpha_ce={loss.alpha_ce}, alpha_mlm={loss.alpha_mlm}, alpha_cos={loss.alpha_cos},
-  temperature={loss.temperature}, restrict_ce_to_mask={loss.restrict_ce_to_mask}
+- Losses: {losses}
 - Training: {result.steps} optimizer steps, {result.tokens:,} tokens, {result.seconds:.0f} s
   ({tps:,.0f} tokens/s), batch {cfg.train.batch_size} x accumulation
   {cfg.train.grad_accumulation}, precision {cfg.train.precision}, seed {cfg.train.seed}
 
-## Final validation (held-out split, masked positions)
+## Final validation (held-out split, {where})
 
 | metric | value |
 |---|---|
 {ev}
 
-Load with `AutoModelForMaskedLM.from_pretrained(path)`; works in `pipeline("fill-mask")`.
+{usage}
 """

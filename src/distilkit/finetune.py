@@ -8,7 +8,6 @@ and reports the median (the paper's protocol: median of 5) and the spread.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -30,7 +29,7 @@ from torch import nn
 from distilkit.config import ConfigError, from_dict, load_config, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.metrics import compute_metrics
-from distilkit.modeling import count_parameters, load_tokenizer, resolve_model
+from distilkit.modeling import count_parameters, load_tokenizer, quiet_transformers, resolve_model
 from distilkit.tasks import ClassificationOptions, Example, TaskSpec, get_task, load_task
 
 log = logging.getLogger(__name__)
@@ -190,20 +189,6 @@ def tokenize(
         return_tensors="pt",
     )
     return {k: v.to(device) for k, v in enc.items()}
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load report while loading; ``check_loading_info`` logs the part
-    that matters (which weights are new) in one line."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
 
 
 def check_loading_info(name: str, info: dict, head_prefixes: tuple[str, ...]) -> None:

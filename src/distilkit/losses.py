@@ -75,3 +75,26 @@ def hidden_cosine(
     """L_cos = mean over rows of 1 - cos(h_s, h_t), for ``(N, H)`` last hidden states."""
     cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (N,)
     return (1.0 - cos).sum() / _norm(student_hidden.shape[0], normalizer)
+
+
+def embedding_cosine(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """L_emb = mean over sentences of 1 - cos(e_s, e_t), for ``(S, H)`` pooled embeddings."""
+    cos = F.cosine_similarity(student_emb.float(), teacher_emb.float(), dim=-1)  # (S,)
+    return (1.0 - cos).sum() / _norm(student_emb.shape[0], normalizer)
+
+
+def similarity_mse(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """L_sim = mean over sentence pairs (i, j) of (cos(s_i, s_j) - cos(t_i, t_j))^2.
+
+    ``(S, H)`` embeddings of one micro-batch; the sum runs over its ``S x S`` pairs, so pass the
+    window's total of ``S^2`` as ``normalizer``. It matches the geometry that similarity search
+    and STS read, which per-sentence agreement only bounds.
+    """
+    s = F.normalize(student_emb.float(), dim=-1)
+    t = F.normalize(teacher_emb.float(), dim=-1)
+    diff = s @ s.T - t @ t.T  # (S, S)
+    return diff.pow(2).sum() / _norm(diff.numel(), normalizer)

@@ -6,6 +6,7 @@ that distillation can project to the vocabulary only at the positions a loss use
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,24 @@ def load_tokenizer(name: str | Path):
     return tok
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load report while loading; ``check_loading_info`` logs the part
+    that matters (which weights are new) in one line."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_mlm(name: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Module, bool]:
     """Load ``AutoModelForMaskedLM``; returns ``(model, head_was_missing)``.
 
@@ -99,9 +118,13 @@ def load_mlm(name: str | Path, dtype: torch.dtype | None = None) -> tuple[nn.Mod
 
     ref = resolve_model(name)
     try:
-        model, info = AutoModelForMaskedLM.from_pretrained(
-            ref, output_loading_info=True, dtype=dtype or torch.float32
-        )
+        # A headless encoder is an expected input (sentence encoders have no MLM head): the
+        # loader's MISSING/"checkpoint seems corrupted" report would only alarm; callers say it
+        # in one distilkit line instead.
+        with quiet_transformers():
+            model, info = AutoModelForMaskedLM.from_pretrained(
+                ref, output_loading_info=True, dtype=dtype or torch.float32
+            )
     except (OSError, ValueError) as exc:
         raise DistilkitError(
             f"cannot load a masked-LM model from '{name}'{_not_local(name)}: {exc}"

@@ -1,0 +1,319 @@
+"""Sentence-embedding teachers: an objective that keeps their *sentence* embeddings.
+
+A sentence encoder (the sentence-transformers layout: ``modules.json`` with a Pooling module,
+e.g. all-MiniLM-L6-v2) is judged by its pooled embeddings, not by token predictions. Matching
+token states inside packed 128-token paragraphs does not keep those embeddings on short budgets
+(measured, docs/results/embedding-distillation.md), so for such a teacher ``distill`` trains the
+student on what the teacher is used for:
+
+- the text: every packed sequence is cut at sentence ends into sentences, each fed on its own
+  (``[CLS] sentence [SEP]``), the unit a sentence encoder embeds;
+- the loss: ``L_emb`` (1 - cosine between the student's and the teacher's pooled embeddings of
+  each sentence) plus ``L_sim`` (squared difference of the in-batch cosine-similarity matrices,
+  the geometry that similarity search and STS read), and optionally the token-level ``L_cos``.
+
+The student is saved so that ``SentenceTransformer(path)`` loads it with the teacher's pooling
+and normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distilkit.errors import DistilkitError
+from distilkit.losses import embedding_cosine, hidden_cosine, similarity_mse
+
+# Pooling modes distilkit reproduces exactly; others are refused rather than approximated.
+_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+@dataclass(frozen=True)
+class SentenceSpec:
+    """How a sentence encoder turns token states into one vector."""
+
+    pooling: str  # "mean" | "cls" | "max"
+    normalize: bool
+    max_seq_length: int | None
+    pooling_dir: str  # folder of the Pooling module inside the model folder
+
+
+def sentence_spec(path: str | Path) -> SentenceSpec | None:
+    """The pooling of a sentence-transformers folder, or None if ``path`` is not one."""
+    root = Path(path)
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return None
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        types = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        pool_dir = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+    except (json.JSONDecodeError, KeyError, TypeError, StopIteration, AttributeError) as exc:
+        raise DistilkitError(
+            f"{modules_file} is not a valid sentence-transformers module list"
+        ) from exc
+    unsupported = [t for t in types if t not in ("Transformer", "Pooling", "Normalize")]
+    if unsupported:
+        raise DistilkitError(
+            f"sentence encoder {root} has modules distilkit cannot reproduce: {', '.join(unsupported)}"
+        )
+    pool_file = root / pool_dir / "config.json"
+    try:
+        pool_cfg = json.loads(pool_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DistilkitError(f"cannot read the pooling config {pool_file}: {exc}") from exc
+    modes = [mode for key, mode in _POOLING_KEYS.items() if pool_cfg.get(key)]
+    others = [
+        k
+        for k, v in pool_cfg.items()
+        if k.startswith("pooling_mode") and v and k not in _POOLING_KEYS
+    ]
+    if len(modes) != 1 or others:
+        raise DistilkitError(f"{pool_file}: only one of mean, cls or max pooling is supported")
+    max_len = None
+    sbert = root / "sentence_bert_config.json"
+    if sbert.is_file():
+        try:
+            max_len = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
+        except json.JSONDecodeError as exc:
+            raise DistilkitError(f"{sbert} is not valid JSON") from exc
+    return SentenceSpec(modes[0], "Normalize" in types, max_len, pool_dir)
+
+
+def pool_embeddings(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, spec: SentenceSpec
+) -> torch.Tensor:
+    """``(B, L, H)`` token states and ``(B, L)`` mask -> ``(B, H)`` float32 sentence embeddings,
+    as sentence-transformers computes them for ``spec``."""
+    hidden = hidden.float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    if spec.pooling == "cls":
+        emb = hidden[:, 0]
+    elif spec.pooling == "max":
+        emb = hidden.masked_fill(mask == 0, -1e9).max(1).values
+    else:
+        emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(emb, dim=-1) if spec.normalize else emb
+
+
+def sentence_ends(tokenizer) -> list[int]:
+    """Token ids that end a sentence (``.``, ``!``, ``?``) in this vocabulary."""
+    ids = set()
+    for mark in (".", "!", "?"):
+        for text in (mark, f"a{mark}"):
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if enc:
+                ids.add(int(enc[-1]))
+    return sorted(ids)
+
+
+def split_sentences(
+    ids: torch.Tensor, lengths: list[int], ends: set[int], min_tokens: int, max_tokens: int
+) -> list[list[int]]:
+    """Cut each packed sequence (``ids`` (B, L), real length ``lengths[b]``, ``[CLS] ... [SEP]``)
+    at sentence ends into runs of at least ``min_tokens`` and at most ``max_tokens`` body tokens.
+
+    A run that reaches ``max_tokens`` without a sentence end is cut there. Deterministic: the
+    same batch always gives the same sentences (exact resume).
+    """
+    out: list[list[int]] = []
+    for row, n in zip(ids.tolist(), lengths):
+        cur: list[int] = []
+        for tok in row[1 : n - 1]:
+            cur.append(tok)
+            if (tok in ends and len(cur) >= min_tokens) or len(cur) >= max_tokens:
+                out.append(cur)
+                cur = []
+        if len(cur) >= min_tokens:
+            out.append(cur)
+    return out
+
+
+def sentence_batch(
+    sentences: list[list[int]], cls_id: int, sep_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[CLS] s [SEP]`` rows padded into ``(S, L)`` ids and ``(S, L)`` attention mask."""
+    longest = max(len(s) for s in sentences) + 2
+    ids = torch.full((len(sentences), longest), pad_id, dtype=torch.long)
+    att = torch.zeros((len(sentences), longest), dtype=torch.long)
+    for r, s in enumerate(sentences):
+        ids[r, : len(s) + 2] = torch.tensor([cls_id, *s, sep_id])
+        att[r, : len(s) + 2] = 1
+    return ids, att
+
+
+@dataclass
+class EmbeddingLossConfig:
+    """Weights of the sentence-embedding objective (used when the teacher is a sentence encoder)."""
+
+    alpha_emb: float = 1.0
+    """L_emb: 1 - cos(student, teacher) of each sentence's pooled embedding."""
+    alpha_sim: float = 1.0
+    """L_sim: squared difference of the in-batch cosine-similarity matrices."""
+    alpha_tok: float = 0.0
+    """Token-level L_cos on the same sentences (the paper's cosine loss)."""
+    spans: str = "sentences"
+    """'sentences': cut packed sequences at sentence ends; 'sequences': embed them whole."""
+    min_tokens: int = 4
+    """Shortest sentence kept (body tokens)."""
+    max_tokens: int = 64
+    """Longest sentence (body tokens); longer runs are cut."""
+
+    def validate(self) -> None:
+        for name in ("alpha_emb", "alpha_sim", "alpha_tok"):
+            if not getattr(self, name) >= 0:  # also rejects NaN
+                raise DistilkitError(f"loss.embedding.{name} must be >= 0")
+        if not (self.alpha_emb or self.alpha_sim or self.alpha_tok):
+            raise DistilkitError("all loss.embedding weights are 0: nothing to train")
+        if self.spans not in ("sentences", "sequences"):
+            raise DistilkitError("loss.embedding.spans must be 'sentences' or 'sequences'")
+        if not 1 <= self.min_tokens <= self.max_tokens:
+            raise DistilkitError("loss.embedding needs 1 <= min_tokens <= max_tokens")
+
+
+class EmbeddingObjective:
+    """Student and teacher encoders compared on pooled sentence embeddings (see module doc)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        spec: SentenceSpec,
+        cfg: EmbeddingLossConfig,
+        special_ids: dict[str, int],
+        end_ids: list[int],
+    ):
+        self.student, self.teacher, self.spec, self.cfg = student, teacher, spec, cfg
+        w = {"emb": cfg.alpha_emb, "sim": cfg.alpha_sim, "tok": cfg.alpha_tok}
+        self.weights = {k: v for k, v in w.items() if v > 0}
+        self.part_names = tuple(self.weights)
+        self.specials = special_ids
+        self.ends = set(end_ids)
+        self.find_unused = False
+
+    def train_module(self) -> nn.Module:
+        return self.student
+
+    def prepare_batch(self, b: dict) -> dict:
+        """Replace a masked token batch by its unmasked sentences (``sent_ids`` (S, L'))."""
+        ids = b["original_ids"]  # (B, L) unmasked
+        lengths = b["attention_mask"].sum(1).tolist()
+        if self.cfg.spans == "sequences":
+            rows = [row[1 : n - 1] for row, n in zip(ids.tolist(), lengths)]
+            rows = [r[: self.cfg.max_tokens] for r in rows if len(r) >= self.cfg.min_tokens]
+        else:
+            rows = split_sentences(
+                ids, lengths, self.ends, self.cfg.min_tokens, self.cfg.max_tokens
+            )
+        if not rows:  # a batch of very short sequences: keep them whole
+            rows = [row[1 : max(n - 1, 2)] for row, n in zip(ids.tolist(), lengths)]
+        s_ids, s_att = sentence_batch(
+            rows, self.specials["cls"], self.specials["sep"], self.specials["pad"]
+        )
+        return {
+            "sent_ids": s_ids,
+            "sent_mask": s_att,
+            "n_tokens": int(s_att.sum()),
+            "n_sentences": len(rows),
+        }
+
+    def rows(self, b: dict) -> dict[str, int]:
+        n = {"emb": b["n_sentences"], "sim": b["n_sentences"] ** 2, "tok": b["n_tokens"]}
+        return {k: n[k] for k in self.part_names}
+
+    def _encode(self, model: nn.Module, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = model(input_ids=b["sent_ids"], attention_mask=b["sent_mask"])[0]  # (S, L, H)
+        return hidden, pool_embeddings(hidden, b["sent_mask"], self.spec)  # (S, H)
+
+    def losses(self, module: nn.Module, b: dict, norms: dict[str, float]) -> dict:
+        s_hidden, s_emb = self._encode(module, b)
+        with torch.no_grad():
+            t_hidden, t_emb = self._encode(self.teacher, b)
+        out = {}
+        if "emb" in self.weights:
+            out["emb"] = embedding_cosine(s_emb, t_emb, norms["emb"])
+        if "sim" in self.weights:
+            out["sim"] = similarity_mse(s_emb, t_emb, norms["sim"])
+        if "tok" in self.weights:
+            real = b["sent_mask"].reshape(-1).bool()
+            h = s_hidden.shape[-1]
+            out["tok"] = hidden_cosine(
+                s_hidden.reshape(-1, h)[real], t_hidden.reshape(-1, h)[real], norms["tok"]
+            )
+        return out
+
+    def evaluate(self, batches: list[dict]) -> dict[str, float]:
+        """Held-out agreement of sentence embeddings.
+
+        ``embedding_cosine``: mean cosine between student and teacher embedding of a sentence
+        (1 = identical directions). ``neighbour_agreement``: share of held-out sentences whose
+        nearest other sentence is the same for student and teacher.
+        """
+        s_all, t_all = [], []
+        for b in batches:
+            s_all.append(self._encode(self.student, b)[1])
+            t_all.append(self._encode(self.teacher, b)[1])
+        if not s_all:
+            return {}
+        s, t = torch.cat(s_all), torch.cat(t_all)  # (N, H)
+        result = {"embedding_cosine": float(F.cosine_similarity(s, t, dim=-1).mean())}
+        if len(s) > 1:
+            result["neighbour_agreement"] = float((_nearest(s) == _nearest(t)).float().mean())
+        return result
+
+
+def _nearest(emb: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` index of each row's most cosine-similar other row."""
+    e = F.normalize(emb, dim=-1)
+    sim = e @ e.T
+    sim.fill_diagonal_(-2.0)
+    return sim.argmax(1)
+
+
+def save_sentence_transformer(
+    encoder: nn.Module, tokenizer, out: Path, teacher_dir: str | Path, spec: SentenceSpec
+) -> None:
+    """Write ``encoder`` into ``out`` in the sentence-transformers layout, with the teacher's
+    pooling and normalisation, so that ``SentenceTransformer(out)`` loads it."""
+    teacher_dir = Path(teacher_dir)
+    encoder.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if spec.normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+        (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    shutil.copyfile(
+        teacher_dir / spec.pooling_dir / "config.json", out / "1_Pooling" / "config.json"
+    )
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    max_len = spec.max_seq_length or getattr(encoder.config, "max_position_embeddings", 512)
+    sbert = {"max_seq_length": int(max_len), "do_lower_case": False}
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps(sbert, indent=2) + "\n", encoding="utf-8"
+    )

@@ -1,0 +1,123 @@
+"""Sentence-embedding distillation: layout detection, sentence cutting, the objective end to end,
+and a student that SentenceTransformer loads with the teacher's pooling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from conftest import make_sentence_encoder
+from distilkit.distill import DistillConfig, distill
+from distilkit.errors import DistilkitError
+from distilkit.loop import OptimConfig, TrainConfig
+from distilkit.sentence import (
+    SentenceSpec,
+    pool_embeddings,
+    sentence_spec,
+    split_sentences,
+)
+
+
+def _cfg(teacher, data, out, **train) -> DistillConfig:
+    base = dict(
+        batch_size=8,
+        max_steps=20,
+        log_every=1,
+        eval_batches=4,
+        precision="fp32",
+        optim=OptimConfig(lr=2e-3, warmup_ratio=0.1),
+    )
+    base.update(train)
+    return DistillConfig(
+        teacher=str(teacher),
+        data=str(data),
+        out_dir=str(out),
+        student_layers=[0, 3],
+        train=TrainConfig(**base),
+    )
+
+
+def test_sentence_spec_reads_the_layout(sentence_teacher, tiny_teacher, tmp_path, tiny_tok):
+    spec = sentence_spec(sentence_teacher)
+    assert spec == SentenceSpec("mean", True, 64, "1_Pooling")
+    assert sentence_spec(tiny_teacher) is None  # a plain MLM folder
+    cls = make_sentence_encoder(tmp_path / "cls", tiny_tok, pooling="cls", normalize=False)
+    assert sentence_spec(cls) == SentenceSpec("cls", False, 64, "1_Pooling")
+    (cls / "modules.json").write_text("{not json")
+    with pytest.raises(DistilkitError, match="not a valid sentence-transformers"):
+        sentence_spec(cls)
+
+
+def test_split_sentences_cuts_at_ends_and_at_the_length_cap():
+    # [CLS]=2, [SEP]=3, '.'=5, pad=0; body: 7 8 9 . 10 11 . 12 | 13 14 15 16 17 18
+    ids = torch.tensor(
+        [[2, 7, 8, 9, 5, 10, 11, 5, 12, 3, 0], [2, 13, 14, 15, 16, 17, 18, 3, 0, 0, 0]]
+    )
+    got = split_sentences(ids, [10, 8], {5}, min_tokens=2, max_tokens=4)
+    assert got == [[7, 8, 9, 5], [10, 11, 5], [13, 14, 15, 16], [17, 18]]
+    # A trailing piece shorter than min_tokens is dropped; "12" is one token.
+    assert [12] not in got
+
+
+def test_pooling_matches_sentence_transformers_definition():
+    h = torch.randn(2, 4, 3)
+    att = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    mean = pool_embeddings(h, att, SentenceSpec("mean", False, None, ""))
+    assert torch.allclose(mean[0], h[0, :2].mean(0)) and torch.allclose(mean[1], h[1].mean(0))
+    mx = pool_embeddings(h, att, SentenceSpec("max", True, None, ""))
+    assert torch.allclose(mx[0], torch.nn.functional.normalize(h[0, :2].max(0).values, dim=0))
+
+
+def test_sentence_teacher_gets_the_embedding_objective_and_a_sentence_transformer(
+    sentence_teacher, tiny_data, tmp_path, caplog
+):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "run"
+    caplog.set_level("INFO")
+    r = distill(_cfg(sentence_teacher, tiny_data, out))
+    assert "is a sentence encoder" in caplog.text
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in rows if x["kind"] == "train"]
+    assert {"loss_emb", "loss_sim"} <= set(train[0])
+    emb = [x["loss_emb"] for x in train]
+    assert sum(emb[-4:]) < 0.8 * sum(emb[:4]), emb
+    assert {"embedding_cosine", "neighbour_agreement"} <= set(r.final_eval)
+    assert "teacher_accuracy" not in r.final_eval
+    assert json.loads((out / "results.json").read_text())["objective"] == "embedding"
+
+    # Loads as a SentenceTransformer with the teacher's pooling and normalisation, and gives
+    # the embeddings distilkit's own pooling gives on the plain encoder.
+    st = SentenceTransformer(str(out), device="cpu")
+    texts = ["the river began near the old town .", "a king was born ."]
+    got = torch.from_numpy(st.encode(texts))
+    tok = st.tokenizer
+    batch = tok(texts, padding=True, return_tensors="pt")
+    enc = AutoModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        hidden = enc(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    ours = pool_embeddings(hidden, batch["attention_mask"], sentence_spec(sentence_teacher))
+    assert torch.allclose(got, ours, atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_embedding_objective_on_a_plain_teacher_is_refused(tiny_teacher, tiny_data, tmp_path):
+    cfg = _cfg(tiny_teacher, tiny_data, tmp_path / "x", max_steps=2)
+    cfg.loss.objective = "embedding"
+    with pytest.raises(DistilkitError, match="needs a sentence-transformers teacher"):
+        distill(cfg)
+    assert not (tmp_path / "x" / "student-init").exists()
+
+
+def test_triple_objective_can_still_be_chosen_for_a_sentence_teacher(
+    sentence_teacher, tiny_data, tmp_path
+):
+    cfg = _cfg(sentence_teacher, tiny_data, tmp_path / "t", max_steps=2)
+    cfg.loss.objective = "triple"
+    r = distill(cfg)
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["objective"] == "triple"
+    # A headless teacher's random head gives no meaningful accuracy or agreement.
+    assert "agreement" not in r.final_eval and "teacher_accuracy" not in r.final_eval
