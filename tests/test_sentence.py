@@ -14,9 +14,12 @@ from distilkit.distill import DistillConfig, distill
 from distilkit.errors import DistilkitError
 from distilkit.loop import OptimConfig, TrainConfig
 from distilkit.sentence import (
+    EmbeddingLossConfig,
     SentenceSpec,
+    neighbour_pairs,
     pool_embeddings,
     sentence_spec,
+    split_rows,
     split_sentences,
 )
 
@@ -60,6 +63,20 @@ def test_split_sentences_cuts_at_ends_and_at_the_length_cap():
     assert got == [[7, 8, 9, 5], [10, 11, 5], [13, 14, 15, 16], [17, 18]]
     # A trailing piece shorter than min_tokens is dropped; "12" is one token.
     assert [12] not in got
+
+
+def test_neighbour_pairs_join_consecutive_sentences_of_one_sequence_with_sep():
+    ids = torch.tensor([[2, 7, 8, 5, 9, 10, 5, 11, 12, 5, 3], [2, 13, 14, 5, 3, 0, 0, 0, 0, 0, 0]])
+    rows = split_rows(ids, [11, 5], {5}, min_tokens=2, max_tokens=8)
+    assert rows == [[[7, 8, 5], [9, 10, 5], [11, 12, 5]], [[13, 14, 5]]]
+    # (s0, s1) of the first sequence; s2 has no partner; a lone sentence makes no pair.
+    assert neighbour_pairs(rows, sep_id=3) == [[7, 8, 5, 3, 9, 10, 5]]
+
+
+def test_pairs_spans_need_the_token_loss():
+    with pytest.raises(DistilkitError, match="alpha_tok"):
+        EmbeddingLossConfig(spans="pairs").validate()
+    EmbeddingLossConfig(spans="pairs", alpha_tok=1.0).validate()
 
 
 def test_pooling_matches_sentence_transformers_definition():
@@ -121,3 +138,82 @@ def test_triple_objective_can_still_be_chosen_for_a_sentence_teacher(
     assert json.loads((tmp_path / "t" / "results.json").read_text())["objective"] == "triple"
     # A headless teacher's random head gives no meaningful accuracy or agreement.
     assert "agreement" not in r.final_eval and "teacher_accuracy" not in r.final_eval
+
+
+def test_pairs_spans_train_the_token_loss_on_sentence_pairs(sentence_teacher, tiny_data, tmp_path):
+    cfg = _cfg(sentence_teacher, tiny_data, tmp_path / "p", max_steps=6)
+    cfg.loss.embedding = EmbeddingLossConfig(alpha_sim=0.0, alpha_tok=1.0, spans="pairs")
+    distill(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in rows if x["kind"] == "train"]
+    assert {"loss_emb", "loss_tok"} <= set(train[0]) and "loss_sim" not in train[0]
+    assert all(0 <= x["loss_tok"] <= 2 for x in train)
+
+
+def test_aligned_layer_targets_point_at_the_input_of_the_next_copied_layer():
+    from distilkit.student import aligned_targets
+
+    assert aligned_targets([0, 3, 5], 6) == [3, 5, 6]
+    assert aligned_targets([0, 2, 4, 7, 9, 11], 12) == [2, 4, 7, 9, 11, 12]
+    assert aligned_targets([0, 1, 2, 3], 4) == [1, 2, 3, 4]
+
+
+def test_layer_loss_is_zero_for_a_student_that_keeps_every_layer(
+    sentence_teacher, tiny_data, tmp_path
+):
+    # Every layer kept: the student computes the teacher's function, so each layer's output is
+    # exactly the aligned teacher state, and L_layers starts at 0 (up to float error); with
+    # layers dropped it does not.
+    def first_loss(layers: list[int], name: str) -> float:
+        cfg = _cfg(sentence_teacher, tiny_data, tmp_path / name, max_steps=1)
+        cfg.student_layers = layers
+        cfg.train.optim = OptimConfig(lr=1e-12, warmup_ratio=0.0)
+        cfg.loss.embedding = EmbeddingLossConfig(
+            alpha_emb=0.0, alpha_sim=0.0, alpha_layers=1.0, spans="pairs"
+        )
+        distill(cfg)
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return next(json.loads(x) for x in rows if json.loads(x)["kind"] == "train")["loss_layers"]
+
+    kept, dropped = first_loss([0, 1, 2, 3], "all"), first_loss([0, 3], "dropped")
+    assert abs(kept) < 1e-6
+    # A random tiny model's states are nearly parallel, hence the small scale of the gap.
+    assert dropped > 100 * max(abs(kept), 1e-7)
+
+
+def test_chunked_forward_gives_the_losses_of_one_padded_batch(sentence_teacher, monkeypatch):
+    import distilkit.sentence as sentence
+    from distilkit.sentence import EmbeddingObjective
+
+    teacher = AutoModel.from_pretrained(sentence_teacher).eval()
+    torch.manual_seed(0)
+    student = AutoModel.from_pretrained(sentence_teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    student.eval()
+    cfg = EmbeddingLossConfig(alpha_sim=1.0, alpha_tok=1.0, alpha_layers=1.0, spans="pairs")
+    obj = EmbeddingObjective(
+        student,
+        teacher,
+        sentence_spec(sentence_teacher),
+        cfg,
+        {"cls": 2, "sep": 3, "pad": 0},
+        [5],
+        layer_targets=[2, 4],
+    )
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(6, 40, (6, 30), generator=gen)
+    ids[:, ::7] = 5  # sentence ends
+    ids[:, 0], ids[:, -1] = 2, 3
+    lengths = torch.tensor([30, 25, 18, 30, 12, 22])
+    att = (torch.arange(30)[None] < lengths[:, None]).long()
+    batch = obj.prepare_batch({"original_ids": ids * att, "attention_mask": att})
+    norms = {k: float(v) for k, v in obj.rows(batch).items()}
+    monkeypatch.setattr(sentence, "_CHUNK", 10_000)
+    whole = obj.losses(student, batch, norms)
+    monkeypatch.setattr(sentence, "_CHUNK", 2)
+    chunked = obj.losses(student, batch, norms)
+    assert set(whole) == {"emb", "sim", "tok", "layers"}
+    for k in whole:
+        assert torch.allclose(whole[k], chunked[k], atol=1e-6), k

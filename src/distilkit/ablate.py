@@ -114,6 +114,25 @@ class DistillSize:
 
 
 @dataclass
+class EmbeddingTrackSize:
+    """The embedding track: the sentence-embedding objective (``loss.objective=embedding``) on
+    the *unadapted* sentence-encoder teacher, against layer dropping (vi) and the teacher."""
+
+    enabled: bool = True
+    steps: int = 300
+    batch_size: int = 16
+    grad_accumulation: int = 2
+    lr: float = 2e-4
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    alpha_emb: float = 1.0
+    alpha_sim: float = 0.0
+    alpha_tok: float = 1.0
+    alpha_layers: float = 1.0
+    spans: str = "pairs"
+
+
+@dataclass
 class EvalSize:
     glue_dir: str = "../shared/data/glue"
     tasks: list[str] = field(default_factory=lambda: ["cola", "sst2", "stsb"])
@@ -177,6 +196,7 @@ class AblationSize:
     data: DataSize = field(default_factory=DataSize)
     adapt: AdaptSize = field(default_factory=AdaptSize)
     distill: DistillSize = field(default_factory=DistillSize)
+    embedding: EmbeddingTrackSize = field(default_factory=EmbeddingTrackSize)
     evaluate: EvalSize = field(default_factory=EvalSize)
     bench: BenchSize = field(default_factory=BenchSize)
     threads: int = 0
@@ -240,6 +260,9 @@ class Variant:
     distill: bool = True
     paper_delta: float | None = None
     """Change of the GLUE macro score against (i) in the paper's Table 4."""
+    objective: Literal["triple", "embedding"] = "triple"
+    """triple: the paper's losses from the MLM-headed teacher; embedding: the sentence-embedding
+    objective from the unadapted sentence-encoder teacher (the embedding track)."""
 
 
 VARIANTS = (
@@ -255,7 +278,19 @@ VARIANTS = (
         "teacher",
         distill=False,
     ),
+    Variant(
+        "E",
+        "e-embedding",
+        "sentence-embedding objective + teacher init",
+        "teacher",
+        objective="embedding",
+    ),
 )
+
+
+def active_variants(size: AblationSize) -> tuple[Variant, ...]:
+    """The variants this size runs: the embedding track only where enabled."""
+    return tuple(v for v in VARIANTS if v.objective == "triple" or size.embedding.enabled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,6 +317,10 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 class _Step:
     """One sub-run: its output ``folder`` and the record ``<folder>.step.json`` beside it."""
+
+    mirror: tuple[Path, Path] | None = None
+    """(study folder, mirror folder): finished records and small result files are copied
+    there too (``_mirror_small``)."""
 
     def __init__(self, folder: Path, settings: dict[str, Any]):
         self.folder = folder
@@ -326,6 +365,8 @@ class _Step:
                 "summary": summary or {},
             }
         )
+        if self.mirror:
+            _mirror_small(self, *self.mirror)
 
     def _write(self, record: dict[str, Any]) -> None:
         self.record = _plain(record)
@@ -337,6 +378,49 @@ class _Step:
     @property
     def seconds(self) -> float:
         return float((self.record or {}).get("seconds", 0.0))
+
+
+# Files of a finished sub-run small enough for git: results and logs, never weights.
+_SMALL = ("metrics.json", "results.json", "metrics.jsonl", "distilkit_run.json", "bench.json")
+
+
+def mirror_folder(size: AblationSize) -> Path | None:
+    """``<report stem>/subruns`` beside the size's report: the committed copy of every finished
+    sub-run's record and small result files, so that a study spread over several machines or
+    sessions loses nothing finished (``_restore_evaluations`` brings them back)."""
+    return Path(size.report).with_suffix("") / "subruns" if size.report else None
+
+
+def _mirror_small(st: _Step, out: Path, mirror: Path) -> None:
+    rel = st.folder.relative_to(out)
+    dest = mirror / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(st.record_path, mirror / rel.with_name(st.record_path.name))
+    for name in _SMALL:
+        if (st.folder / name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(st.folder / name, dest / name)
+
+
+def _restore_evaluations(out: Path, mirror: Path | None) -> int:
+    """Copy finished fine-tuning and zero-shot sub-runs from the mirror into ``out`` where
+    ``out`` lacks them; returns how many. They hold no weights, and their settings name the
+    model by its sub-run's settings digest, so they are reused exactly when the model they
+    scored would be rebuilt with the same settings (distillation is seeded)."""
+    if not mirror or not (mirror / "eval").is_dir():
+        return 0
+    restored = 0
+    for record in (mirror / "eval").rglob("*" + STEP_SUFFIX):
+        rel = record.relative_to(mirror)
+        target = out / rel
+        folder_rel = rel.with_name(rel.name[: -len(STEP_SUFFIX)])
+        if target.exists() or not (mirror / folder_rel / "metrics.json").is_file():
+            continue
+        shutil.copytree(mirror / folder_rel, out / folder_rel, dirs_exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record, target)
+        restored += 1
+    return restored
 
 
 def _now() -> str:
@@ -399,6 +483,9 @@ class _Study:
 
     def step(self, name: str, folder: Path, settings: dict[str, Any]) -> _Step:
         st = _Step(folder, settings)
+        mirror = mirror_folder(self.s)
+        if mirror and folder.is_relative_to(self.out):
+            st.mirror = (self.out, mirror)
         self.steps[name] = st
         return st
 
@@ -453,6 +540,7 @@ class _Study:
                 st.finish(t)
                 self.did("teacher-base")
             base, upstream = str(st.folder), upstream + [st.digest]
+        self.base = (base, upstream)
         if s.adapt.steps == 0:  # a teacher that already has a head is used as it is
             from distilkit.modeling import resolve_model
 
@@ -494,6 +582,17 @@ class _Study:
             self.did("teacher")
         return st
 
+    def sentence_teacher(self) -> _Step:
+        """The teacher as given (a sentence encoder, no MLM head): the embedding track's."""
+        from distilkit.modeling import resolve_model
+
+        base, upstream = self.base
+        return self.step(
+            "teacher-sentence",
+            Path(resolve_model(base)),
+            {"upstream": upstream, "teacher": self.s.teacher.name},
+        )
+
     # -- students
 
     def inits(self, teacher: _Step) -> dict[str, _Step]:
@@ -523,35 +622,65 @@ class _Study:
             _random_student(init.folder, rand.folder, s.distill.seed)
             rand.finish(t)
             self.did("init-random")
-        return {"teacher": init, "random": rand}
+        inits = {"teacher": init, "random": rand}
+        if s.embedding.enabled:
+            base = self.sentence_teacher()
+            sent = self.step(
+                "init-sentence",
+                self.out / "students" / "init-sentence",
+                {"upstream": [base.digest], "layers": s.student_layers},
+            )
+            if not sent.done:
+                t = sent.start()
+                r = init_student(
+                    base.folder, sent.folder, num_layers=s.student_layers, overwrite=True
+                )
+                sent.finish(t, {"teacher_layers": r.layers, "architecture": r.architecture})
+                self.did("init-sentence")
+            inits["sentence"] = sent
+        return inits
+
+    def start_of(self, v: Variant, inits: dict[str, _Step]) -> _Step:
+        if v.objective == "embedding":
+            return inits["sentence"]
+        return inits["random"] if v.init == "random" else inits["teacher"]
+
+    def teacher_of(self, v: Variant, teacher: _Step) -> _Step:
+        return self.sentence_teacher() if v.objective == "embedding" else teacher
 
     def students(self, teacher: _Step, data: _Step, inits: dict[str, _Step]) -> dict[str, _Step]:
-        init, rand = inits["teacher"], inits["random"]
         out: dict[str, _Step] = {}
-        for v in VARIANTS:
+        for v in active_variants(self.s):
             if not v.distill:
-                out[v.key] = init
+                out[v.key] = inits["teacher"]
                 continue
-            start = rand if v.init == "random" else init
-            out[v.key] = self._distill(v, teacher, start, data)
+            out[v.key] = self._distill(
+                v, self.teacher_of(v, teacher), self.start_of(v, inits), data
+            )
         return out
 
     def _distill(self, v: Variant, teacher: _Step, start: _Step, data: _Step) -> _Step:
         from distilkit.distill import DistillConfig, LossConfig, distill
-        from distilkit.loop import OptimConfig, TrainConfig
 
         d = self.s.distill
         alphas = {"ce": d.alpha_ce, "mlm": d.alpha_mlm, "cos": d.alpha_cos}
         if v.drop:
             alphas[v.drop] = 0.0
+        if v.objective == "embedding":
+            loss, settings = self._embedding_loss()
+        else:
+            loss = LossConfig(
+                objective="triple",
+                alpha_ce=alphas["ce"],
+                alpha_mlm=alphas["mlm"],
+                alpha_cos=alphas["cos"],
+                temperature=d.temperature,
+            )
+            settings = {"distill": _result_keys(d), "alphas": alphas}
         st = self.step(
             v.slug,
             self.out / "students" / v.slug,
-            {
-                "upstream": [teacher.digest, start.digest, data.digest],
-                "distill": _result_keys(d),
-                "alphas": alphas,
-            },
+            {"upstream": [teacher.digest, start.digest, data.digest], **settings},
         )
         if st.done:
             return st
@@ -564,25 +693,8 @@ class _Study:
                 data=str(data.folder),
                 out_dir=str(st.folder),
                 overwrite=not resume,
-                loss=LossConfig(
-                    alpha_ce=alphas["ce"],
-                    alpha_mlm=alphas["mlm"],
-                    alpha_cos=alphas["cos"],
-                    temperature=d.temperature,
-                ),
-                train=TrainConfig(
-                    batch_size=d.batch_size,
-                    grad_accumulation=d.grad_accumulation,
-                    max_steps=d.steps,
-                    precision=d.precision,
-                    seed=d.seed,
-                    log_every=d.log_every,
-                    eval_every=d.eval_every,
-                    eval_batches=d.eval_batches,
-                    checkpoint_every=d.checkpoint_every,
-                    threads=self.s.threads,
-                    optim=OptimConfig(lr=d.lr, warmup_ratio=d.warmup_ratio),
-                ),
+                loss=loss,
+                train=self._train_config(v),
             ),
             resume=resume,
         )
@@ -598,6 +710,48 @@ class _Study:
         )
         self.did(v.slug)
         return st
+
+    def _embedding_loss(self):
+        from distilkit.distill import LossConfig
+        from distilkit.sentence import EmbeddingLossConfig
+
+        e = self.s.embedding
+        loss = LossConfig(
+            objective="embedding",
+            embedding=EmbeddingLossConfig(
+                alpha_emb=e.alpha_emb,
+                alpha_sim=e.alpha_sim,
+                alpha_tok=e.alpha_tok,
+                alpha_layers=e.alpha_layers,
+                spans=e.spans,
+            ),
+        )
+        return loss, {"embedding": to_dict(e), "seed": self.s.distill.seed}
+
+    def _train_config(self, v: Variant):
+        """One budget for the paper track's students (``distill``), another for the embedding
+        track's (``embedding``); logging, evaluation and seed are shared."""
+        from distilkit.loop import OptimConfig, TrainConfig
+
+        d, e = self.s.distill, self.s.embedding
+        budget = e if v.objective == "embedding" else d
+        return TrainConfig(
+            batch_size=budget.batch_size,
+            grad_accumulation=budget.grad_accumulation,
+            max_steps=budget.steps,
+            precision=d.precision,
+            seed=d.seed,
+            log_every=d.log_every,
+            eval_every=d.eval_every,
+            eval_batches=d.eval_batches,
+            checkpoint_every=d.checkpoint_every,
+            threads=self.s.threads,
+            optim=OptimConfig(
+                lr=budget.lr,
+                warmup_ratio=budget.warmup_ratio,
+                **({"max_grad_norm": e.max_grad_norm} if budget is e else {}),
+            ),
+        )
 
     # -- evaluation
 
@@ -706,12 +860,12 @@ class _Study:
                 if ev.zeroshot:
                     submit(("zeroshot", label, model))
 
-            for v in VARIANTS:
+            for v in active_variants(s):
                 if v.distill:
-                    start = inits["random"] if v.init == "random" else inits["teacher"]
-                    submit(("distill", v.key, teacher, start, data), v.slug)
+                    job = ("distill", v.key, self.teacher_of(v, teacher), self.start_of(v, inits))
+                    submit((*job, data), v.slug)
             evaluations("teacher", teacher)
-            for v in VARIANTS:
+            for v in active_variants(s):
                 if not v.distill:
                     evaluations(v.slug, inits["teacher"])
             try:
@@ -836,7 +990,9 @@ def _tiny_bert(t: TeacherSize, folder: Path) -> None:
         intermediate_size=t.intermediate,
         max_position_embeddings=512,
     )
-    _save_atomically(BertModel(cfg), tok, folder, {"built": "tiny-random", **to_dict(t)})
+    _save_atomically(
+        BertModel(cfg), tok, folder, {"built": "tiny-random", **to_dict(t)}, sentence_layout=True
+    )
 
 
 def _random_student(init_dir: Path, folder: Path, seed: int) -> None:
@@ -853,13 +1009,44 @@ def _random_student(init_dir: Path, folder: Path, seed: int) -> None:
     _save_atomically(fresh, load_tokenizer(init_dir), folder, meta, "distilkit_student.json")
 
 
-def _save_atomically(model, tok, folder: Path, meta: dict, meta_name: str = "distilkit.json"):
+def _save_atomically(
+    model,
+    tok,
+    folder: Path,
+    meta: dict,
+    meta_name: str = "distilkit.json",
+    sentence_layout: bool = False,
+):
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
+    if sentence_layout:  # a sentence encoder like all-MiniLM-L6-v2: mean pooling, normalised
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling",
+            },
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            },
+        ]
+        (tmp / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+        (tmp / "1_Pooling").mkdir()
+        (tmp / "2_Normalize").mkdir()
+        pooling = {
+            "word_embedding_dimension": model.config.hidden_size,
+            "pooling_mode_mean_tokens": True,
+        }
+        (tmp / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -901,6 +1088,9 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     (out / "ablation_size.json").write_text(
         json.dumps({"size": cfg.size, "settings": to_dict(size)}, indent=2) + "\n"
     )
+    restored = _restore_evaluations(out, mirror_folder(size))
+    if restored:
+        log.info("ablate: %d finished evaluation sub-run(s) restored from the mirror", restored)
     study = _Study(size, out)
     data = study.data()
     teacher = study.teacher(data)
@@ -908,13 +1098,14 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     if size.workers > 1:
         study.run_workers(teacher, data, inits)
     students = study.students(teacher, data, inits)
-    models = {"teacher": teacher} | {v.slug: students[v.key] for v in VARIANTS}
+    variants = active_variants(size)
+    models = {"teacher": teacher} | {v.slug: students[v.key] for v in variants}
     evals = {label: study.evaluate(label, st) for label, st in models.items()}
     bench_result = study.bench(models)
 
     rows = []
     for label, st in models.items():
-        v = next((v for v in VARIANTS if v.slug == label), None)
+        v = next((v for v in variants if v.slug == label), None)
         rows.append(_row(label, v, st, evals[label], bench_result, size))
     report = build_report(rows, [_canon(t) for t in size.evaluate.tasks])
     report["size"] = cfg.size
@@ -929,7 +1120,7 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     files = write_report(
         report,
         report_md,
-        {v.slug: students[v.key].folder for v in VARIANTS if v.distill},
+        {v.slug: students[v.key].folder for v in variants if v.distill},
         out / "bench",
     )
     return AblateResult(out, report_md, files, report, study.ran)
@@ -942,11 +1133,15 @@ def _canon(task: str) -> str:
 
 
 def _row(label, v: Variant | None, st: _Step, ev: dict, bench_result, size) -> dict[str, Any]:
+    from distilkit.compare import _public_key
+
     tasks = [_canon(t) for t in size.evaluate.tasks]
+    # A head-only adaptation leaves the encoder, and so every score here, as the teacher's own.
+    teacher_note = " + MLM head" if size.adapt.steps else ""
     row: dict[str, Any] = {
         "label": label,
         "key": v.key if v else "teacher",
-        "title": v.label if v else f"teacher ({size.teacher.name} + MLM head)",
+        "title": v.label if v else f"teacher ({size.teacher.name}{teacher_note})",
         "init": v.init if v else None,
         "drop": v.drop if v else None,
         "distilled": bool(v and v.distill),
@@ -964,6 +1159,10 @@ def _row(label, v: Variant | None, st: _Step, ev: dict, bench_result, size) -> d
         "seeds": {t: len(ev[t]["runs"]) for t in tasks},
         "n_train": {t: [ev[t].get("n_train"), ev[t].get("n_train_available")] for t in tasks},
         "zeroshot": ev["stsb-zeroshot"]["score"] if "stsb-zeroshot" in ev else None,
+        "zeroshot_spearman": (
+            ev["stsb-zeroshot"]["metrics"]["spearman"] if "stsb-zeroshot" in ev else None
+        ),
+        "public": _public_key(size.teacher.name) if not v else None,
         "parameters": (ev[tasks[0]].get("parameters") or {}).get("total"),
         "distill": (st.record or {}).get("summary", {}) if v and v.distill else {},
     }
@@ -1016,4 +1215,12 @@ def _environment(command: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["AblateConfig", "AblateResult", "AblationSize", "AblationSizes", "VARIANTS", "ablate"]
+__all__ = [
+    "VARIANTS",
+    "AblateConfig",
+    "AblateResult",
+    "AblationSize",
+    "AblationSizes",
+    "ablate",
+    "active_variants",
+]

@@ -12,8 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from distilkit.ablate import VARIANTS
-
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +33,64 @@ def build_report(rows: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]
         r["delta_vs_i"] = None if ref is None or r is teacher else 100 * (r["macro"] - ref["macro"])
         z, zt = r.get("zeroshot"), teacher.get("zeroshot")
         r["zeroshot_retention"] = None if z is None or zt is None else retention(z, zt)
-    return {"tasks": tasks, "rows": rows, "goals": _goals(rows)}
+    names = {r["key"]: _name(r) for r in rows}
+    return {
+        "tasks": tasks,
+        "rows": rows,
+        "names": names,
+        "goals": _goals(rows),
+        "gates": sanity_gates(rows, tasks),
+    }
+
+
+def _name(row: dict[str, Any]) -> str:
+    title = row.get("title", row["key"])
+    return title if row["key"] == "teacher" else f"({row['key']}) {title}"
+
+
+def sanity_gates(rows: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
+    """Checks that tell a broken evaluation from a weak model, per row (as ``compare`` does):
+    fine-tuned STS-B >= the same model's zero-shot STS-B; CoLA MCC > 0 for every model that
+    starts from teacher weights; the teacher's zero-shot STS-B near its public level."""
+    from distilkit.compare import PUBLIC_LEVELS, PUBLIC_TOLERANCE
+
+    gates = []
+    for r in rows:
+        name = _name(r)
+        zs = r.get("zeroshot_spearman")
+        ft = r.get("metrics", {}).get("stsb", {}).get("spearman")
+        if "stsb" in tasks and zs is not None and ft is not None:
+            gates.append(
+                {
+                    "model": name,
+                    "gate": "fine-tuned STS-B >= zero-shot STS-B",
+                    "passed": ft >= zs,
+                    "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
+                }
+            )
+        if "cola" in tasks and r.get("init") != "random":
+            mcc = r["scores"]["cola"]
+            gates.append(
+                {
+                    "model": name,
+                    "gate": "CoLA MCC > 0",
+                    "passed": mcc > 0,
+                    "detail": f"MCC {100 * mcc:.1f}",
+                }
+            )
+    teacher = rows[0]
+    ref = PUBLIC_LEVELS["minilm"]
+    if teacher.get("public") == "minilm" and teacher.get("zeroshot") is not None:
+        ours, theirs = 100 * teacher["zeroshot"], ref["scores"]["stsb-zeroshot"]
+        gates.append(
+            {
+                "model": _name(teacher),
+                "gate": "teacher STS-B zero-shot near its public level",
+                "passed": ours >= theirs - PUBLIC_TOLERANCE,
+                "detail": f"{ours:.1f} (dev) vs {theirs:.1f} ({ref['source']})",
+            }
+        )
+    return gates
 
 
 def _macro_by_seed(row: dict[str, Any], tasks: list[str]) -> list[float] | None:
@@ -70,6 +125,18 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             ]
         )
         goals["beats_vi"] = margin > 1.0 and separated is not False
+    if "E" in by and "vi" in by:
+        # The embedding track: the sentence-embedding student against layer dropping and the
+        # teacher, zero-shot (what a sentence encoder is for) and fine-tuned.
+        e, vi, t = by["E"], by["vi"], rows[0]
+        if e.get("zeroshot") is not None and t.get("zeroshot") is not None:
+            goals["E_zeroshot"] = [100 * e["zeroshot"], 100 * vi["zeroshot"], 100 * t["zeroshot"]]
+            goals["E_zeroshot_met"] = (
+                e["zeroshot"] >= 0.98 * t["zeroshot"] and e["zeroshot"] > vi["zeroshot"]
+            )
+        goals["E_minus_vi"] = 100 * (e["macro"] - vi["macro"])
+        se, svi = e.get("macro_by_seed"), vi.get("macro_by_seed")
+        goals["E_separated"] = None if not (se and svi) else min(se) > max(svi)
     ablated = [k for k in ("ii", "iii", "iv", "v") if k in by and by[k]["delta_vs_i"] is not None]
     if len(ablated) == 4:
         order = sorted(ablated, key=lambda k: by[k]["delta_vs_i"])  # most harmful first
@@ -109,7 +176,11 @@ def render_markdown(report: dict[str, Any], figures: str) -> str:
         *_table4(report, has_speed),
         "## Goals",
         "",
-        *_goal_lines(report.get("goals", {})),
+        *_goal_lines(report.get("goals", {}), report.get("names", {})),
+        "",
+        "## Sanity gates",
+        "",
+        *_gate_lines(report.get("gates", [])),
         "",
         "## Distillation runs (one budget for all)",
         "",
@@ -277,7 +348,7 @@ def _table4(report: dict[str, Any], has_speed: bool) -> list[str]:
     return [*lines, "", *(n + "\n" for n in notes)]
 
 
-def _goal_lines(goals: dict[str, Any]) -> list[str]:
+def _goal_lines(goals: dict[str, Any], names: dict[str, str]) -> list[str]:
     def verdict(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
@@ -300,8 +371,25 @@ def _goal_lines(goals: dict[str, Any]) -> list[str]:
             "taken as > 1 point with every seed of (i) above every seed of (vi)): "
             f"{verdict(goals['beats_vi'])}."
         )
+    if "E_zeroshot" in goals:
+        e, vi, t = goals["E_zeroshot"]
+        lines.append(
+            f"- Embedding track: (E) zero-shot STS-B **{e:.2f}** = {100 * e / t:.1f}% of the "
+            f"teacher's {t:.2f}, layer dropping (vi) {vi:.2f} (goal ≥ 98% and above (vi)): "
+            f"{verdict(goals['E_zeroshot_met'])}."
+        )
+    if "E_minus_vi" in goals:
+        sep = goals.get("E_separated")
+        seeds = (
+            ""
+            if sep is None
+            else ("; every seed above every seed of (vi)" if sep else "; seed ranges overlap")
+        )
+        lines.append(
+            f"- Embedding track, fine-tuned: (E) − (vi) = **{goals['E_minus_vi']:+.2f}** "
+            f"Score points{seeds}."
+        )
     if "order" in goals:
-        names = {v.key: f"({v.key}) {v.label}" for v in VARIANTS}
         exact = " (same full order as the paper)" if goals["order_exact"] else ""
         lines.append(
             f"- Harm, most first: {' > '.join(names[k] for k in goals['order'])}. Paper: "
@@ -309,6 +397,14 @@ def _goal_lines(goals: dict[str, Any]) -> list[str]:
             f"L_ce hurt most, no L_mlm least): {verdict(goals['order_met'])}{exact}."
         )
     return lines or ["- not enough variants to check"]
+
+
+def _gate_lines(gates: list[dict[str, Any]]) -> list[str]:
+    if not gates:
+        return ["- no gate could be checked"]
+    from distilkit.compare import render_gates
+
+    return render_gates(gates).splitlines()
 
 
 def _distill_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -403,8 +499,11 @@ def render_curves(runs: dict[str, Path], path: Path) -> None:
         ("eval", "student_mlm_loss", "held-out student MLM loss"),
         ("eval", "agreement", "held-out top-1 agreement with teacher"),
         ("eval", "cosine_loss", "held-out cosine loss"),
+        ("train", "loss_emb", "L_emb (train, embedding track)"),
+        ("train", "loss_tok", "L_tok (train, embedding track)"),
+        ("train", "loss_layers", "L_layers (train, embedding track)"),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(14, 10))
     cmap = plt.get_cmap("tab10")
     for j, (slug, folder) in enumerate(runs.items()):
         f = folder / "metrics.jsonl"

@@ -249,8 +249,11 @@ def _mean_loss(run: Path, first: bool, n: int = 3) -> float:
 
 
 def held_out_quality(models: dict[str, Path], data: Path, glue_dir: str = "") -> dict:
-    """How much of the teacher's sentence geometry each model keeps, on text none trained on.
+    """Quality of each model on held-out text none trained on.
 
+    ``doc_search_mrr`` / ``doc_search_top1``: docstring search on standard-library modules left
+    out of the training corpus (``distilkit.docsearch``), a labelled task scored for every model
+    alike, so the student's retention is a fraction of the teacher's score.
     ``similarity_agreement``: Spearman correlation between a model's cosine similarities of
     all pairs of held-out sentences and the teacher's (the teacher scores 1 by definition; it is
     fidelity, not task quality). ``stsb_spearman``: zero-shot STS-B dev Spearman x 100, a
@@ -260,6 +263,7 @@ def held_out_quality(models: dict[str, Path], data: Path, glue_dir: str = "") ->
     from transformers import AutoModel
 
     from distilkit.data import TokenDataset
+    from distilkit.docsearch import docstring_pairs, encoder_fn, search_scores
     from distilkit.modeling import load_tokenizer, quiet_transformers
     from distilkit.sentence import (
         pool_embeddings,
@@ -269,6 +273,7 @@ def held_out_quality(models: dict[str, Path], data: Path, glue_dir: str = "") ->
         split_sentences,
     )
 
+    pairs = docstring_pairs()
     val = TokenDataset(data, "validation")
     sp = val.special_ids
     ends = set(sentence_ends(load_tokenizer(models["teacher"])))
@@ -295,6 +300,12 @@ def held_out_quality(models: dict[str, Path], data: Path, glue_dir: str = "") ->
         e = torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
         sims[name] = (e @ e.T)[upper[0], upper[1]].numpy()
         out[name] = {"similarity_agreement": float(spearmanr(sims[name], sims["teacher"])[0])}
+        encode = encoder_fn(
+            enc, load_tokenizer(path), lambda h, m, s=spec: pool_embeddings(h, m, s)
+        )
+        search = search_scores(encode, pairs)
+        out[name] |= {"doc_search_mrr": search["mrr"], "doc_search_top1": search["top1"]}
+        out["doc_search_pairs"] = search["n_pairs"]
         if glue_dir:
             out[name]["stsb_spearman"] = _stsb(enc, load_tokenizer(path), glue_dir)
     return out
@@ -366,7 +377,7 @@ def format_summary(s: dict) -> str:
     def pct(name: str, key: str) -> str:
         return f"{100 * q[name][key] / q['teacher'][key]:.1f}%" if q["teacher"][key] else "-"
 
-    ag = "similarity_agreement"
+    ag, ds = "similarity_agreement", "doc_search_mrr"
     lines = [
         "",
         "distilkit demo: all-MiniLM-L6-v2 -> 3-layer student, offline",
@@ -382,6 +393,18 @@ def format_summary(s: dict) -> str:
             f"{t['ms_per_sequence']:.2f}",
             f"{st['ms_per_sequence']:.2f}",
             f"   {s['speedup']:.2f}x faster",
+        ),
+        row(
+            "doc search MRR (held out)",
+            f"{q['teacher'][ds]:.3f}",
+            f"{q['student'][ds]:.3f}",
+            f"   {pct('student', ds)} of the teacher (layer-dropped, not distilled: "
+            f"{q['layer_dropped'][ds]:.3f} = {pct('layer_dropped', ds)})",
+        ),
+        row(
+            "doc search top-1",
+            f"{q['teacher']['doc_search_top1']:.3f}",
+            f"{q['student']['doc_search_top1']:.3f}",
         ),
         row(
             "similarity agreement",
@@ -401,6 +424,9 @@ def format_summary(s: dict) -> str:
             )
         )
     lines += [
+        f"  doc search: for each of {q['doc_search_pairs']} docstrings of standard-library modules "
+        "the student never saw, rank all docstring bodies by similarity to its one-line summary; "
+        "MRR = mean of 1/rank of the right body (1 = always first)",
         f"  similarity agreement: Spearman of the cosine similarities of all pairs of "
         f"{q['n_sentences']} held-out sentences against the teacher's (fidelity; teacher = 1)",
         f"  distillation: {s['distill']['steps']} steps, {s['distill']['tokens_per_second']:.0f} "

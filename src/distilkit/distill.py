@@ -141,7 +141,12 @@ class DistillObjective:
     """Triple loss between a trainable student and a frozen teacher."""
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, loss: LossConfig, teacher_head: bool = True
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        loss: LossConfig,
+        teacher_head: bool = True,
+        student_head: bool = True,
     ):
         self.student = LMNet(student)
         self.teacher = LMNet(teacher)
@@ -149,6 +154,8 @@ class DistillObjective:
         # A headless teacher's vocabulary head is random: its accuracy and the student's
         # agreement with it mean nothing, so they are not reported.
         self.teacher_head = teacher_head
+        # A fresh student head that no loss trains predicts nothing: no MLM metrics for it.
+        self.student_head = student_head
         w = {"ce": loss.alpha_ce or 0.0, "mlm": loss.alpha_mlm, "cos": loss.alpha_cos}
         self.weights = {k: v for k, v in w.items() if v > 0}
         self.part_names = tuple(self.weights)
@@ -211,8 +218,10 @@ class DistillObjective:
                 cos_sum += float(hidden_cosine(s_real, t_real, normalizer=1.0))
                 n_real += len(b["real_idx"])
         n = max(n, 1.0)
-        result = {"student_mlm_loss": ce_sum / n, "student_accuracy": correct_s / n}
-        if self.teacher_head:
+        result = {}
+        if self.student_head:
+            result |= {"student_mlm_loss": ce_sum / n, "student_accuracy": correct_s / n}
+        if self.teacher_head and self.student_head:
             result |= {"teacher_accuracy": correct_t / n, "agreement": agree / n}
         if n_real:
             result["cosine_loss"] = cos_sum / n_real
@@ -284,9 +293,20 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
             loss.embedding,
             data.special_ids,
             sentence_ends(t_tok),
+            _layer_targets(student_ref, teacher) if loss.embedding.alpha_layers else None,
         )
     else:
-        objective = DistillObjective(student, teacher, loss, teacher_head=not teacher_headless)
+        from distilkit.student import student_summary
+
+        head_trained = bool(loss.alpha_mlm or loss.alpha_ce)
+        head_copied = student_summary(student_ref).get("head_from_teacher", True)
+        objective = DistillObjective(
+            student,
+            teacher,
+            loss,
+            teacher_head=not teacher_headless,
+            student_head=head_trained or head_copied,
+        )
     run_info = {
         "stage": "distill",
         "distilkit": __version__,
@@ -359,6 +379,21 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         s_params,
         result.nonfinite_skipped,
     )
+
+
+def _layer_targets(student_ref: str, teacher) -> list[int]:
+    """Teacher ``hidden_states`` index each student layer's output is matched to (L_layers)."""
+    from distilkit.student import aligned_targets, student_summary
+
+    layers = student_summary(student_ref).get("layers")
+    n_teacher = getattr(teacher.config, "num_hidden_layers", None) or teacher.config.n_layers
+    if not layers:
+        raise DistilkitError(
+            f"L_layers needs to know which teacher layer each student layer copies, and "
+            f"{student_ref} has no distilkit_student.json (make the student with init-student, "
+            "or set loss.embedding.alpha_layers=0)"
+        )
+    return aligned_targets(list(layers), n_teacher)
 
 
 def _objective_kind(loss: LossConfig, teacher: str):

@@ -30,6 +30,10 @@ from torch import nn
 from distilkit.errors import DistilkitError
 from distilkit.losses import embedding_cosine, hidden_cosine, similarity_mse
 
+# Rows per forward chunk of the sentence objective: enough to keep the matrix products large,
+# few enough that rows of one chunk have similar lengths.
+_CHUNK = 32
+
 # Pooling modes distilkit reproduces exactly; others are refused rather than approximated.
 _POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -126,17 +130,36 @@ def split_sentences(
     A run that reaches ``max_tokens`` without a sentence end is cut there. Deterministic: the
     same batch always gives the same sentences (exact resume).
     """
-    out: list[list[int]] = []
+    return [s for row in split_rows(ids, lengths, ends, min_tokens, max_tokens) for s in row]
+
+
+def split_rows(
+    ids: torch.Tensor, lengths: list[int], ends: set[int], min_tokens: int, max_tokens: int
+) -> list[list[list[int]]]:
+    """As ``split_sentences``, but the sentences of each packed sequence kept in their own list
+    (in order), so that neighbours can be paired."""
+    out: list[list[list[int]]] = []
     for row, n in zip(ids.tolist(), lengths):
+        sents: list[list[int]] = []
         cur: list[int] = []
         for tok in row[1 : n - 1]:
             cur.append(tok)
             if (tok in ends and len(cur) >= min_tokens) or len(cur) >= max_tokens:
-                out.append(cur)
+                sents.append(cur)
                 cur = []
         if len(cur) >= min_tokens:
-            out.append(cur)
+            sents.append(cur)
+        out.append(sents)
     return out
+
+
+def neighbour_pairs(rows: list[list[list[int]]], sep_id: int) -> list[list[int]]:
+    """Bodies ``a [SEP] b`` of consecutive sentences (a_0 b_0, a_1 b_1 ... of one sequence):
+    the layout a cross-encoder reads (``[CLS] a [SEP] b [SEP]`` once wrapped), so a loss on them
+    teaches the student how the teacher relates two sentences, which single sentences cannot."""
+    return [
+        [*sents[i], sep_id, *sents[i + 1]] for sents in rows for i in range(0, len(sents) - 1, 2)
+    ]
 
 
 def sentence_batch(
@@ -162,21 +185,32 @@ class EmbeddingLossConfig:
     """L_sim: squared difference of the in-batch cosine-similarity matrices."""
     alpha_tok: float = 0.0
     """Token-level L_cos on the same sentences (the paper's cosine loss)."""
+    alpha_layers: float = 0.0
+    """L_layers: 1 - cos, per token, between each student layer's output and the teacher state
+    the next copied layer expects (``student.aligned_targets``), on the L_tok inputs. Repairs
+    the seams that layer dropping leaves; needs a student made by ``init-student``."""
     spans: str = "sentences"
-    """'sentences': cut packed sequences at sentence ends; 'sequences': embed them whole."""
+    """'sentences': cut packed sequences at sentence ends; 'sequences': embed them whole;
+    'pairs': sentences for L_emb/L_sim, and L_tok on neighbouring sentence pairs
+    ([CLS] a [SEP] b [SEP], the layout GLUE pair tasks fine-tune on)."""
     min_tokens: int = 4
     """Shortest sentence kept (body tokens)."""
     max_tokens: int = 64
     """Longest sentence (body tokens); longer runs are cut."""
 
     def validate(self) -> None:
-        for name in ("alpha_emb", "alpha_sim", "alpha_tok"):
+        for name in ("alpha_emb", "alpha_sim", "alpha_tok", "alpha_layers"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise DistilkitError(f"loss.embedding.{name} must be >= 0")
-        if not (self.alpha_emb or self.alpha_sim or self.alpha_tok):
+        if not (self.alpha_emb or self.alpha_sim or self.alpha_tok or self.alpha_layers):
             raise DistilkitError("all loss.embedding weights are 0: nothing to train")
-        if self.spans not in ("sentences", "sequences"):
-            raise DistilkitError("loss.embedding.spans must be 'sentences' or 'sequences'")
+        if self.spans not in ("sentences", "sequences", "pairs"):
+            raise DistilkitError("loss.embedding.spans must be 'sentences', 'sequences' or 'pairs'")
+        if self.spans == "pairs" and not (self.alpha_tok or self.alpha_layers):
+            raise DistilkitError(
+                "loss.embedding.spans=pairs trains L_tok or L_layers on sentence pairs: set "
+                "alpha_tok or alpha_layers > 0"
+            )
         if not 1 <= self.min_tokens <= self.max_tokens:
             raise DistilkitError("loss.embedding needs 1 <= min_tokens <= max_tokens")
 
@@ -192,9 +226,18 @@ class EmbeddingObjective:
         cfg: EmbeddingLossConfig,
         special_ids: dict[str, int],
         end_ids: list[int],
+        layer_targets: list[int] | None = None,
     ):
         self.student, self.teacher, self.spec, self.cfg = student, teacher, spec, cfg
-        w = {"emb": cfg.alpha_emb, "sim": cfg.alpha_sim, "tok": cfg.alpha_tok}
+        w = {
+            "emb": cfg.alpha_emb,
+            "sim": cfg.alpha_sim,
+            "tok": cfg.alpha_tok,
+            "layers": cfg.alpha_layers,
+        }
+        if cfg.alpha_layers and not layer_targets:
+            raise DistilkitError("loss.embedding.alpha_layers needs the student's layer map")
+        self.layer_targets = layer_targets or []
         self.weights = {k: v for k, v in w.items() if v > 0}
         self.part_names = tuple(self.weights)
         self.specials = special_ids
@@ -208,48 +251,97 @@ class EmbeddingObjective:
         """Replace a masked token batch by its unmasked sentences (``sent_ids`` (S, L'))."""
         ids = b["original_ids"]  # (B, L) unmasked
         lengths = b["attention_mask"].sum(1).tolist()
+        pairs: list[list[int]] = []
         if self.cfg.spans == "sequences":
             rows = [row[1 : n - 1] for row, n in zip(ids.tolist(), lengths)]
             rows = [r[: self.cfg.max_tokens] for r in rows if len(r) >= self.cfg.min_tokens]
         else:
-            rows = split_sentences(
-                ids, lengths, self.ends, self.cfg.min_tokens, self.cfg.max_tokens
-            )
+            per_seq = split_rows(ids, lengths, self.ends, self.cfg.min_tokens, self.cfg.max_tokens)
+            rows = [sent for seq in per_seq for sent in seq]
+            if self.cfg.spans == "pairs":
+                pairs = neighbour_pairs(per_seq, self.specials["sep"])
         if not rows:  # a batch of very short sequences: keep them whole
             rows = [row[1 : max(n - 1, 2)] for row, n in zip(ids.tolist(), lengths)]
-        s_ids, s_att = sentence_batch(
-            rows, self.specials["cls"], self.specials["sep"], self.specials["pad"]
-        )
-        return {
-            "sent_ids": s_ids,
-            "sent_mask": s_att,
-            "n_tokens": int(s_att.sum()),
-            "n_sentences": len(rows),
-        }
+        cls, sep, pad = self.specials["cls"], self.specials["sep"], self.specials["pad"]
+        rows.sort(key=len)  # for _forward's chunks; stable, so deterministic
+        s_ids, s_att = sentence_batch(rows, cls, sep, pad)
+        out = {"sent_ids": s_ids, "sent_mask": s_att, "n_sentences": len(rows)}
+        if self.cfg.spans == "pairs":
+            if not pairs:  # no sequence held two sentences: pair the sentences themselves
+                pairs = [[*rows[i], sep, *rows[i + 1]] for i in range(0, len(rows) - 1, 2)]
+            if not pairs:
+                pairs = rows
+            p_ids, p_att = sentence_batch(sorted(pairs, key=len), cls, sep, pad)
+            out |= {"pair_ids": p_ids, "pair_mask": p_att, "n_tokens": int(p_att.sum())}
+        else:
+            out["n_tokens"] = int(s_att.sum())
+        return out
 
     def rows(self, b: dict) -> dict[str, int]:
-        n = {"emb": b["n_sentences"], "sim": b["n_sentences"] ** 2, "tok": b["n_tokens"]}
+        n = {
+            "emb": b["n_sentences"],
+            "sim": b["n_sentences"] ** 2,
+            "tok": b["n_tokens"],
+            "layers": b["n_tokens"] * len(self.layer_targets),
+        }
         return {k: n[k] for k in self.part_names}
 
-    def _encode(self, model: nn.Module, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = model(input_ids=b["sent_ids"], attention_mask=b["sent_mask"])[0]  # (S, L, H)
-        return hidden, pool_embeddings(hidden, b["sent_mask"], self.spec)  # (S, H)
+    def _forward(
+        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, pick: list[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Run ``(S, L)`` rows (sorted by length, as ``prepare_batch`` makes them) in chunks of
+        ``_CHUNK`` rows, each cut to its own longest row, so that short sentences are not
+        padded to the batch's longest (about half the work on Wikipedia sentences).
+
+        Returns the pooled embeddings ``(S, H)``, the last states of the real tokens ``(N, H)``
+        (rows in order), and for each index in ``pick`` the ``hidden_states`` entry of the real
+        tokens ``(N, H)``.
+        """
+        pooled, last, picked = [], [], [[] for _ in pick or ()]
+        lengths = mask.sum(1)
+        for start in range(0, ids.shape[0], _CHUNK):
+            n = int(lengths[start : start + _CHUNK].max())
+            m = mask[start : start + _CHUNK, :n]  # (c, n)
+            out = model(
+                input_ids=ids[start : start + _CHUNK, :n],
+                attention_mask=m,
+                output_hidden_states=bool(pick),
+            )
+            h = out[0]  # (c, n, H)
+            real = m.reshape(-1).bool()  # (c * n,)
+            pooled.append(pool_embeddings(h, m, self.spec))
+            last.append(h.reshape(-1, h.shape[-1])[real])
+            for k, j in enumerate(pick or ()):
+                picked[k].append(out.hidden_states[j].reshape(-1, h.shape[-1])[real])
+        return torch.cat(pooled), torch.cat(last), [torch.cat(x) for x in picked]
 
     def losses(self, module: nn.Module, b: dict, norms: dict[str, float]) -> dict:
-        s_hidden, s_emb = self._encode(module, b)
-        with torch.no_grad():
-            t_hidden, t_emb = self._encode(self.teacher, b)
-        out = {}
-        if "emb" in self.weights:
-            out["emb"] = embedding_cosine(s_emb, t_emb, norms["emb"])
-        if "sim" in self.weights:
-            out["sim"] = similarity_mse(s_emb, t_emb, norms["sim"])
+        on_pairs = "pair_ids" in b  # L_tok / L_layers on pairs, else on the sentences
+        want_layers = "layers" in self.weights
+        # Student hidden_states[i + 1] is layer i's output; the teacher's index is from the map.
+        s_pick = [i + 1 for i in range(len(self.layer_targets))] if want_layers else None
+        t_pick = self.layer_targets if want_layers else None
+        out, s_tok, t_tok = {}, None, None
+        if {"emb", "sim"} & set(self.weights) or not on_pairs:
+            ids, mask = b["sent_ids"], b["sent_mask"]
+            s = self._forward(module, ids, mask, None if on_pairs else s_pick)
+            with torch.no_grad():
+                t = self._forward(self.teacher, ids, mask, None if on_pairs else t_pick)
+            if "emb" in self.weights:
+                out["emb"] = embedding_cosine(s[0], t[0], norms["emb"])
+            if "sim" in self.weights:
+                out["sim"] = similarity_mse(s[0], t[0], norms["sim"])
+            s_tok, t_tok = s, t
+        if on_pairs:
+            ids, mask = b["pair_ids"], b["pair_mask"]
+            s_tok = self._forward(module, ids, mask, s_pick)
+            with torch.no_grad():
+                t_tok = self._forward(self.teacher, ids, mask, t_pick)
         if "tok" in self.weights:
-            real = b["sent_mask"].reshape(-1).bool()
-            h = s_hidden.shape[-1]
-            out["tok"] = hidden_cosine(
-                s_hidden.reshape(-1, h)[real], t_hidden.reshape(-1, h)[real], norms["tok"]
-            )
+            out["tok"] = hidden_cosine(s_tok[1], t_tok[1], norms["tok"])
+        if want_layers:
+            s_all, t_all = torch.cat(s_tok[2]), torch.cat(t_tok[2])  # (k * N, H)
+            out["layers"] = hidden_cosine(s_all, t_all, norms["layers"])
         return out
 
     def evaluate(self, batches: list[dict]) -> dict[str, float]:
@@ -261,8 +353,8 @@ class EmbeddingObjective:
         """
         s_all, t_all = [], []
         for b in batches:
-            s_all.append(self._encode(self.student, b)[1])
-            t_all.append(self._encode(self.teacher, b)[1])
+            s_all.append(self._forward(self.student, b["sent_ids"], b["sent_mask"], None)[0])
+            t_all.append(self._forward(self.teacher, b["sent_ids"], b["sent_mask"], None)[0])
         if not s_all:
             return {}
         s, t = torch.cat(s_all), torch.cat(t_all)  # (N, H)

@@ -242,6 +242,15 @@ def _same_class_fewer_layers(teacher: nn.Module, layers: list[int], copy_head: b
     return student, sorted(new)
 
 
+def aligned_targets(layers: list[int], n_teacher: int) -> list[int]:
+    """For each student layer i (a copy of teacher layer ``layers[i]``), the index into the
+    teacher's ``hidden_states`` tuple (0 = embeddings, j = output of layer j-1) that its output
+    should match: the input the *next* copied layer expects, ``layers[i + 1]``, and for the last
+    layer the teacher's final output ``n_teacher``. For [0, 3, 5] of 6 that is [3, 5, 6]: layer
+    0's output must stand in for teacher layers 1-2, which were dropped."""
+    return [*layers[1:], n_teacher]
+
+
 def _looks_like_head(key: str) -> bool:
     return key.startswith(("cls.", "lm_head.", "vocab_"))
 
