@@ -217,3 +217,21 @@ def test_chunked_forward_gives_the_losses_of_one_padded_batch(sentence_teacher, 
     assert set(whole) == {"emb", "sim", "tok", "layers"}
     for k in whole:
         assert torch.allclose(whole[k], chunked[k], atol=1e-6), k
+
+
+def test_mixed_spans_embed_the_sentences_and_their_whole_passages():
+    from distilkit.sentence import EmbeddingObjective
+
+    spec = SentenceSpec("mean", True, None, "")
+    cfg = EmbeddingLossConfig(spans="mixed", min_tokens=2, max_tokens=8)
+    obj = EmbeddingObjective(None, None, spec, cfg, {"cls": 2, "sep": 3, "pad": 0}, [5])
+    ids = torch.tensor([[2, 7, 8, 5, 9, 10, 5, 3], [2, 11, 12, 13, 3, 0, 0, 0]])
+    att = (ids != 0).long()
+    b = obj.prepare_batch({"original_ids": ids, "attention_mask": att})
+    rows = [r[1 : int(m.sum()) - 1].tolist() for r, m in zip(b["sent_ids"], b["sent_mask"])]
+    # Sentences [7 8 .] [9 10 .] [11 12 13], plus the passage [7 8 . 9 10 .] (the second
+    # sequence is one sentence, so it appears as both); sorted by length for the chunks.
+    assert sorted(map(tuple, rows)) == sorted(
+        [(7, 8, 5), (9, 10, 5), (11, 12, 13), (7, 8, 5, 9, 10, 5), (11, 12, 13)]
+    )
+    assert [len(r) for r in rows] == sorted(len(r) for r in rows)

@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 # Standard-library modules with long English docstrings (all present in CPython 3.10+).
 _DOC_MODULES = (
+    "abc",
     "argparse",
     "asyncio",
+    "asyncio.streams",
+    "asyncio.tasks",
+    "builtins",
     "collections",
     "concurrent.futures",
     "contextlib",
@@ -36,16 +40,21 @@ _DOC_MODULES = (
     "decimal",
     "difflib",
     "email",
+    "email.message",
+    "email.utils",
     "enum",
     "fractions",
     "functools",
     "heapq",
     "http",
+    "http.client",
+    "http.cookies",
     "inspect",
     "io",
     "itertools",
     "json",
     "logging",
+    "logging.handlers",
     "multiprocessing",
     "os",
     "pathlib",
@@ -63,6 +72,7 @@ _DOC_MODULES = (
     "threading",
     "typing",
     "unittest",
+    "unittest.mock",
     "urllib.parse",
     "uuid",
     "zipfile",
@@ -103,6 +113,12 @@ def write_demo_corpus(path: Path) -> dict:
                 obj, "__module__", None
             ) == mod.__name__:
                 parts.append(inspect.getdoc(obj) or "")
+                if inspect.isclass(obj):  # methods document most of an API
+                    parts += [
+                        inspect.getdoc(m) or ""
+                        for _, m in sorted(vars(obj).items())
+                        if inspect.isfunction(m) and m.__doc__
+                    ]
         docs.append(_paragraphs("\n\n".join(parts)))
     docs = [d for d in docs if d]
     text = "\n\n".join("\n".join(d) for d in docs) + "\n"

@@ -192,7 +192,9 @@ class EmbeddingLossConfig:
     spans: str = "sentences"
     """'sentences': cut packed sequences at sentence ends; 'sequences': embed them whole;
     'pairs': sentences for L_emb/L_sim, and L_tok on neighbouring sentence pairs
-    ([CLS] a [SEP] b [SEP], the layout GLUE pair tasks fine-tune on)."""
+    ([CLS] a [SEP] b [SEP], the layout GLUE pair tasks fine-tune on); 'mixed': the sentences
+    and the whole sequences together, so L_sim also matches how short texts relate to long
+    passages (what search reads)."""
     min_tokens: int = 4
     """Shortest sentence kept (body tokens)."""
     max_tokens: int = 64
@@ -204,8 +206,10 @@ class EmbeddingLossConfig:
                 raise DistilkitError(f"loss.embedding.{name} must be >= 0")
         if not (self.alpha_emb or self.alpha_sim or self.alpha_tok or self.alpha_layers):
             raise DistilkitError("all loss.embedding weights are 0: nothing to train")
-        if self.spans not in ("sentences", "sequences", "pairs"):
-            raise DistilkitError("loss.embedding.spans must be 'sentences', 'sequences' or 'pairs'")
+        if self.spans not in ("sentences", "sequences", "pairs", "mixed"):
+            raise DistilkitError(
+                "loss.embedding.spans must be 'sentences', 'sequences', 'pairs' or 'mixed'"
+            )
         if self.spans == "pairs" and not (self.alpha_tok or self.alpha_layers):
             raise DistilkitError(
                 "loss.embedding.spans=pairs trains L_tok or L_layers on sentence pairs: set "
@@ -252,14 +256,17 @@ class EmbeddingObjective:
         ids = b["original_ids"]  # (B, L) unmasked
         lengths = b["attention_mask"].sum(1).tolist()
         pairs: list[list[int]] = []
+        whole = [row[1 : n - 1] for row, n in zip(ids.tolist(), lengths)]
+        whole = [r[: self.cfg.max_tokens] for r in whole if len(r) >= self.cfg.min_tokens]
         if self.cfg.spans == "sequences":
-            rows = [row[1 : n - 1] for row, n in zip(ids.tolist(), lengths)]
-            rows = [r[: self.cfg.max_tokens] for r in rows if len(r) >= self.cfg.min_tokens]
+            rows = whole
         else:
             per_seq = split_rows(ids, lengths, self.ends, self.cfg.min_tokens, self.cfg.max_tokens)
             rows = [sent for seq in per_seq for sent in seq]
             if self.cfg.spans == "pairs":
                 pairs = neighbour_pairs(per_seq, self.specials["sep"])
+            if self.cfg.spans == "mixed":  # sentences and the passages they came from
+                rows += whole
         if not rows:  # a batch of very short sequences: keep them whole
             rows = [row[1 : max(n - 1, 2)] for row, n in zip(ids.tolist(), lengths)]
         cls, sep, pad = self.specials["cls"], self.specials["sep"], self.specials["pad"]

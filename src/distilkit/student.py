@@ -84,12 +84,23 @@ def init_student(
     else:
         student, copied = _same_class_fewer_layers(t_model, layers, copy_head=not head_missing)
     if head_missing:
-        log.warning(
-            "teacher %s has no masked-LM head: the student's vocabulary head is freshly "
-            "initialised (run `distilkit adapt-teacher` first to give the teacher one, so that "
-            "L_ce can be used)",
-            teacher,
-        )
+        from distilkit.sentence import sentence_spec
+
+        ref = resolve_model(teacher)
+        if Path(ref).is_dir() and sentence_spec(ref) is not None:
+            # Expected: sentence encoders ship without one, and their objective needs none.
+            log.info(
+                "teacher %s is a sentence encoder without a masked-LM head (expected): the "
+                "student gets a fresh vocabulary head, unused by the sentence-embedding objective",
+                teacher,
+            )
+        else:
+            log.warning(
+                "teacher %s has no masked-LM head: the student's vocabulary head is freshly "
+                "initialised (run `distilkit adapt-teacher` first to give the teacher one, so "
+                "that L_ce can be used)",
+                teacher,
+            )
     tmp = out.with_name(out.name + ".tmp-init")
     if tmp.exists():
         _rmtree(tmp)
