@@ -324,7 +324,7 @@ def test_sizes_file_pins_every_size():
 
 
 def test_finished_evaluations_are_mirrored_and_restored(tmp_path):
-    from distilkit.ablate import _restore_evaluations, _Step
+    from distilkit.ablate_steps import _restore_evaluations, _Step
 
     out, mirror = tmp_path / "out", tmp_path / "docs" / "subruns"
     folder = out / "eval" / "teacher" / "cola" / "seed-42"
