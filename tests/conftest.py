@@ -201,28 +201,10 @@ def make_sentence_encoder(folder: Path, tok, pooling: str = "mean", normalize: b
     """A tiny BertModel in the sentence-transformers layout (like all-MiniLM-L6-v2)."""
     import json
 
+    from distilkit.sentence import write_module_list
+
     save_tiny_bert(folder, tok, with_head=False)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    if normalize:
-        modules.append(
-            {
-                "idx": 2,
-                "name": "2",
-                "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            }
-        )
-        (folder / "2_Normalize").mkdir()
-    (folder / "modules.json").write_text(json.dumps(modules))
-    (folder / "1_Pooling").mkdir()
+    write_module_list(folder, normalize)
     pool = {
         "word_embedding_dimension": 32,
         "pooling_mode_cls_token": pooling == "cls",

@@ -222,22 +222,10 @@ class _Study:
     # -- students
 
     def inits(self, teacher: _Step) -> dict[str, _Step]:
-        """The two starting points: teacher layers, and the same architecture drawn afresh."""
-        from distilkit.student import init_student
-
+        """The starting points: teacher layers, the same architecture drawn afresh, and (for
+        the embedding track) the unadapted teacher's layers."""
         s = self.s
-        init = self.step(
-            "init-teacher",
-            self.out / "students" / "init-teacher",
-            {"upstream": [teacher.digest], "layers": s.student_layers},
-        )
-        if not init.done:
-            t = init.start()
-            r = init_student(
-                teacher.folder, init.folder, num_layers=s.student_layers, overwrite=True
-            )
-            init.finish(t, {"teacher_layers": r.layers, "architecture": r.architecture})
-            self.did("init-teacher")
+        init = self._layer_init("init-teacher", teacher)
         rand = self.step(
             "init-random",
             self.out / "students" / "init-random",
@@ -250,21 +238,23 @@ class _Study:
             self.did("init-random")
         inits = {"teacher": init, "random": rand}
         if s.embedding.enabled:
-            base = self.sentence_teacher()
-            sent = self.step(
-                "init-sentence",
-                self.out / "students" / "init-sentence",
-                {"upstream": [base.digest], "layers": s.student_layers},
-            )
-            if not sent.done:
-                t = sent.start()
-                r = init_student(
-                    base.folder, sent.folder, num_layers=s.student_layers, overwrite=True
-                )
-                sent.finish(t, {"teacher_layers": r.layers, "architecture": r.architecture})
-                self.did("init-sentence")
-            inits["sentence"] = sent
+            inits["sentence"] = self._layer_init("init-sentence", self.sentence_teacher())
         return inits
+
+    def _layer_init(self, name: str, teacher: _Step) -> _Step:
+        """``init-student`` from ``teacher``: every other layer, ``student_layers`` of them."""
+        from distilkit.student import init_student
+
+        layers = self.s.student_layers
+        st = self.step(
+            name, self.out / "students" / name, {"upstream": [teacher.digest], "layers": layers}
+        )
+        if not st.done:
+            t = st.start()
+            r = init_student(teacher.folder, st.folder, num_layers=layers, overwrite=True)
+            st.finish(t, {"teacher_layers": r.layers, "architecture": r.architecture})
+            self.did(name)
+        return st
 
     def start_of(self, v: Variant, inits: dict[str, _Step]) -> _Step:
         if v.objective == "embedding":
@@ -650,24 +640,9 @@ def _save_atomically(
     tok.save_pretrained(tmp)
     (tmp / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
     if sentence_layout:  # a sentence encoder like all-MiniLM-L6-v2: mean pooling, normalised
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {
-                "idx": 1,
-                "name": "1",
-                "path": "1_Pooling",
-                "type": "sentence_transformers.models.Pooling",
-            },
-            {
-                "idx": 2,
-                "name": "2",
-                "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            },
-        ]
-        (tmp / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
-        (tmp / "1_Pooling").mkdir()
-        (tmp / "2_Normalize").mkdir()
+        from distilkit.sentence import write_module_list
+
+        write_module_list(tmp, normalize=True)
         pooling = {
             "word_embedding_dimension": model.config.hidden_size,
             "pooling_mode_mean_tokens": True,

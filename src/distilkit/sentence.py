@@ -379,6 +379,20 @@ def _nearest(emb: torch.Tensor) -> torch.Tensor:
     return sim.argmax(1)
 
 
+def write_module_list(out: Path, normalize: bool) -> None:
+    """``modules.json`` of a Transformer -> Pooling (-> Normalize) sentence encoder, with the
+    module folders; the pooling config itself is the caller's."""
+    kinds = ["Transformer", "Pooling"] + (["Normalize"] if normalize else [])
+    folders = ["", "1_Pooling", "2_Normalize"]
+    modules = [
+        {"idx": i, "name": str(i), "path": folders[i], "type": f"sentence_transformers.models.{k}"}
+        for i, k in enumerate(kinds)
+    ]
+    for folder in folders[1 : len(kinds)]:
+        (out / folder).mkdir(exist_ok=True)
+    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+
+
 def save_sentence_transformer(
     encoder: nn.Module, tokenizer, out: Path, teacher_dir: str | Path, spec: SentenceSpec
 ) -> None:
@@ -387,30 +401,10 @@ def save_sentence_transformer(
     teacher_dir = Path(teacher_dir)
     encoder.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    if spec.normalize:
-        modules.append(
-            {
-                "idx": 2,
-                "name": "2",
-                "path": "2_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            }
-        )
-        (out / "2_Normalize").mkdir(exist_ok=True)
-    (out / "1_Pooling").mkdir(exist_ok=True)
+    write_module_list(out, spec.normalize)
     shutil.copyfile(
         teacher_dir / spec.pooling_dir / "config.json", out / "1_Pooling" / "config.json"
     )
-    (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
     max_len = spec.max_seq_length or getattr(encoder.config, "max_position_embeddings", 512)
     sbert = {"max_seq_length": int(max_len), "do_lower_case": False}
     (out / "sentence_bert_config.json").write_text(
