@@ -249,13 +249,14 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         if rt.main:
             log.info(
                 "teacher %s is a sentence encoder (%s pooling%s): distilling its sentence "
-                "embeddings (L_emb %g, L_sim %g, L_tok %g on %s)",
+                "embeddings (L_emb %g, L_sim %g, L_tok %g, L_layers %g on %s)",
                 cfg.teacher,
                 spec.pooling,
                 ", normalised" if spec.normalize else "",
                 loss.embedding.alpha_emb,
                 loss.embedding.alpha_sim,
                 loss.embedding.alpha_tok,
+                loss.embedding.alpha_layers,
                 loss.embedding.spans,
             )
     else:
@@ -464,7 +465,8 @@ def _model_card(cfg, loss, kind, student_ref, result, t_params, s_params, tps) -
         e = loss.embedding
         losses = (
             f"sentence-embedding objective: alpha_emb={e.alpha_emb}, alpha_sim={e.alpha_sim}, "
-            f"alpha_tok={e.alpha_tok}, spans={e.spans} ({e.min_tokens}-{e.max_tokens} tokens)"
+            f"alpha_tok={e.alpha_tok}, alpha_layers={e.alpha_layers}, spans={e.spans} "
+            f"({e.min_tokens}-{e.max_tokens} tokens)"
         )
         tags, where = "[distilkit, distillation, sentence-transformers]", "held-out sentences"
         usage = (
