@@ -123,3 +123,30 @@ def test_two_processes_equal_one_process_with_double_batch(
     # composition (the old "every other batch per rank" split) fails this test.
     moved = max((single[k] - init[k]).abs().max().item() for k in single if k in init)
     assert moved > 1e-3
+
+
+def test_sentence_objective_with_several_forwards_per_step_stays_in_sync(
+    sentence_teacher, tiny_data, tmp_path
+):
+    # spans=pairs with L_tok and L_layers runs the student on sentences and on pairs, in
+    # length chunks: several forwards of the DDP module before one backward. Both ranks must
+    # still end with the same weights (the gradients were all-reduced once, correctly).
+    root = tmp_path
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        str(WORKER), str(root),
+        "distill", "--teacher", str(sentence_teacher), "--data", str(tiny_data),
+        "--out", str(root / "out"), "--max-steps", str(STEPS),
+        f"train.batch_size={PER_RANK_BATCH}", f"train.optim.lr={LR}", "train.precision=fp32",
+        "train.threads=1", "train.log_every=1", "train.eval_batches=1", "student_layers=[0,3]",
+        "loss.embedding.spans=pairs", "loss.embedding.alpha_tok=1", "loss.embedding.alpha_layers=1",
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    w0, w1 = _weights(root, 0), _weights(root, 1)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    init = load_file(root / "out" / "student-init" / "model.safetensors")
+    assert max((w0[k] - init[k]).abs().max().item() for k in init if k in w0) > 1e-4
