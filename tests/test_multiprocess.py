@@ -49,20 +49,25 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ddp_run(tiny_teacher, tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
+    _torchrun_distill(root, tiny_teacher, tiny_data, f"train.grad_accumulation={ACCUMULATION}")
+    return root
+
+
+def _torchrun_distill(root: Path, teacher: Path, data: Path, *overrides: str) -> None:
+    """``distill`` on 2 CPU ranks (gloo) through tests/ddp_worker.py, which dumps each rank's
+    final weights into ``root``."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
         str(WORKER), str(root),
-        "distill", "--teacher", str(tiny_teacher), "--data", str(tiny_data),
+        "distill", "--teacher", str(teacher), "--data", str(data),
         "--out", str(root / "out"), "--max-steps", str(STEPS),
-        f"train.batch_size={PER_RANK_BATCH}", f"train.grad_accumulation={ACCUMULATION}",
-        f"train.optim.lr={LR}", "train.precision=fp32", "train.threads=1",
-        "train.log_every=1", "train.eval_batches=1",
+        f"train.batch_size={PER_RANK_BATCH}", f"train.optim.lr={LR}", "train.precision=fp32",
+        "train.threads=1", "train.log_every=1", "train.eval_batches=1", *overrides,
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return root
 
 
 def _weights(root: Path, rank: int) -> dict[str, torch.Tensor]:
@@ -132,19 +137,15 @@ def test_sentence_objective_with_several_forwards_per_step_stays_in_sync(
     # length chunks: several forwards of the DDP module before one backward. Both ranks must
     # still end with the same weights (the gradients were all-reduced once, correctly).
     root = tmp_path
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-        str(WORKER), str(root),
-        "distill", "--teacher", str(sentence_teacher), "--data", str(tiny_data),
-        "--out", str(root / "out"), "--max-steps", str(STEPS),
-        f"train.batch_size={PER_RANK_BATCH}", f"train.optim.lr={LR}", "train.precision=fp32",
-        "train.threads=1", "train.log_every=1", "train.eval_batches=1", "student_layers=[0,3]",
-        "loss.embedding.spans=pairs", "loss.embedding.alpha_tok=1", "loss.embedding.alpha_layers=1",
-    ]  # fmt: skip
-    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _torchrun_distill(
+        root,
+        sentence_teacher,
+        tiny_data,
+        "student_layers=[0,3]",
+        "loss.embedding.spans=pairs",
+        "loss.embedding.alpha_tok=1",
+        "loss.embedding.alpha_layers=1",
+    )
     w0, w1 = _weights(root, 0), _weights(root, 1)
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k

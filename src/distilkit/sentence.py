@@ -298,7 +298,8 @@ class EmbeddingObjective:
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Run ``(S, L)`` rows (sorted by length, as ``prepare_batch`` makes them) in chunks of
         ``_CHUNK`` rows, each cut to its own longest row, so that short sentences are not
-        padded to the batch's longest (about half the work on Wikipedia sentences).
+        padded to the batch's longest (1.23x faster a step on Wikipedia sentences,
+        benchmarks/sentence_chunks.py, docs/results/embedding-distillation.md).
 
         Returns the pooled embeddings ``(S, H)``, the last states of the real tokens ``(N, H)``
         (rows in order), and for each index in ``pick`` the ``hidden_states`` entry of the real
