@@ -6,16 +6,28 @@ Same teacher, student, data, batch size, sequence length and number of steps for
     DataLoader, vocabulary logits only at the rows a loss reads, AdamW, clipping, logging).
     A thin subclass of ``DistillObjective`` only reads the clock; nothing is copied.
 (b) A re-implementation of the reference research code's step (Hugging Face
-    ``examples/research_projects/distillation/distiller.py``): random batches padded to their
-    longest sequence (no length grouping), masking in the step, full-vocabulary logits at every
-    position of both models, ``masked_select`` of the selected rows, ``KLDivLoss(batchmean)``,
+    ``examples/research_projects/distillation/distiller.py``) as its ``train.py`` runs by
+    default: batches grouped by length (``group_by_size``: random order, then batches of
+    sequences whose lengths fall in the same 4-token bin), padded to their longest sequence,
+    masking in the step, full-vocabulary logits at every position of both models,
+    ``masked_select`` of the selected rows, ``KLDivLoss(batchmean)``,
     ``CrossEntropyLoss(ignore_index=-100)`` over every position, ``CosineEmbeddingLoss``,
     per-parameter AdamW, clipping, ``loss.item()`` bookkeeping; fp32 unless asked otherwise.
+    Both of its L_ce modes run: over every real token (its default) and, with
+    ``restrict_ce_to_mask``, over the masked targets only (distilkit's default objective).
 
-Before timing, both compute the losses of one batch with dropout off and must agree.
+Ratios are taken against the reference's faster mode (``--baseline best``), so that the
+speed-up is never inflated by running the reference slower than it can run.
+
+Before timing, both compute the losses of one batch with dropout off and must agree, in both
+L_ce modes.
 
 Each measurement runs in its own process (clean peak RSS / CUDA peak), variants interleaved
 and repeated; medians and ratios are printed. Tokens are real (non-padding) tokens.
+
+Variants are ``PATH:PRECISION[+FLAG...]``: path ``a`` (distilkit) or ``b`` (reference);
+flags ``compile`` (a only), ``ce-all`` (L_ce over every real token: ``restrict_ce_to_mask``
+off) and ``random-batches`` (b only: the reference with ``--group_by_size`` turned off).
 
 Examples (from the repository root)::
 
@@ -336,7 +348,7 @@ def run_distilkit(spec: dict) -> dict:
         data=spec["data"],
         out_dir=spec["out_dir"],
         overwrite=True,
-        loss=dd.LossConfig(**ALPHAS),
+        loss=dd.LossConfig(**ALPHAS, restrict_ce_to_mask=spec["restrict_ce_to_mask"]),
         train=TrainConfig(
             batch_size=spec["batch_size"],
             max_steps=spec["warmup"] + spec["steps"],
@@ -401,11 +413,20 @@ class ReferenceDistiller:
     computed for both models at every position; rows are then chosen with ``masked_select``.
     """
 
-    def __init__(self, student, teacher, token_probs, special, vocab_size: int):
+    def __init__(
+        self,
+        student,
+        teacher,
+        token_probs,
+        special,
+        vocab_size: int,
+        restrict_ce_to_mask: bool = False,  # the reference's default (a store_true flag)
+    ):
         import torch
         from torch import nn
 
         self.student, self.teacher = student, teacher
+        self.restrict_ce_to_mask = restrict_ce_to_mask
         self.token_probs, self.special, self.vocab_size = token_probs, special, vocab_size
         self.pred_probs = torch.tensor([0.8, 0.1, 0.1], device=token_probs.device)
         self.temperature = ALPHAS["temperature"]
@@ -441,7 +462,7 @@ class ReferenceDistiller:
         return token_ids, attn_mask, mlm_labels
 
     def losses(self, input_ids, attention_mask, lm_labels) -> dict:
-        """``Distiller.step`` up to the loss (``restrict_ce_to_mask`` on)."""
+        """``Distiller.step`` up to the loss, in either ``restrict_ce_to_mask`` mode."""
         import torch
         from torch import nn
 
@@ -454,7 +475,10 @@ class ReferenceDistiller:
             )
         s_logits, s_hidden_states = s_out["logits"], s_out["hidden_states"]  # (B, L, V)
         t_logits, t_hidden_states = t_out["logits"], t_out["hidden_states"]
-        mask = (lm_labels > -1).unsqueeze(-1).expand_as(s_logits)  # (B, L, V)
+        if self.restrict_ce_to_mask:
+            mask = (lm_labels > -1).unsqueeze(-1).expand_as(s_logits)  # (B, L, V)
+        else:
+            mask = attention_mask.unsqueeze(-1).expand_as(s_logits)  # (B, L, V)
         s_logits_slct = torch.masked_select(s_logits, mask).view(-1, s_logits.size(-1))
         t_logits_slct = torch.masked_select(t_logits, mask).view(-1, s_logits.size(-1))
         t = self.temperature
@@ -480,16 +504,44 @@ class ReferenceDistiller:
         )
 
 
-def _reference_batches(data, batch_size: int, pad_id: int, seed: int):
-    """Random batches (no length grouping), padded to their longest sequence, endless."""
+# The reference's length bins: ``create_lengths_groups(lengths, k=max_model_input_size)`` with
+# bins 3, 7, 11, ..., k - 1 (k = 512 for BERT): a batch holds lengths within 4 tokens.
+REFERENCE_BINS = list(range(3, 512, 4))
+
+
+def _reference_batches(data, batch_size: int, pad_id: int, seed: int, group_by_size: bool = True):
+    """The reference's batches, endless: ``GroupedBatchSampler`` over a ``RandomSampler``
+    (``group_by_size``, its default) or plain random batches; padded to their longest sequence.
+
+    Grouped: indices come in random order and go to the buffer of their length bin; a full
+    buffer is a batch. At the end of an epoch the part-filled buffers are concatenated in bin
+    order and cut into batches, as the reference does.
+    """
     import numpy as np
     import torch
 
     rng = np.random.default_rng(seed)
+    groups = np.searchsorted(REFERENCE_BINS, data.lengths, side="right")  # bisect_right
+
+    def epoch(perm):
+        if not group_by_size:
+            for start in range(0, len(perm), batch_size):
+                yield perm[start : start + batch_size]
+            return
+        buffers: dict[int, list[int]] = {}
+        for idx in perm:
+            buf = buffers.setdefault(int(groups[idx]), [])
+            buf.append(int(idx))
+            if len(buf) == batch_size:
+                yield buf
+                buffers[int(groups[idx])] = []
+        rest = [i for g in sorted(buffers) for i in buffers[g]]
+        for start in range(0, len(rest), batch_size):
+            yield rest[start : start + batch_size]
+
     while True:
-        perm = rng.permutation(len(data))
-        for start in range(0, len(perm) - batch_size + 1, batch_size):
-            seqs = [data[j] for j in perm[start : start + batch_size]]
+        for batch in epoch(rng.permutation(len(data))):
+            seqs = [data[j] for j in batch]
             lengths = torch.tensor([len(s) for s in seqs])
             ids = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
             for i, s in enumerate(seqs):
@@ -524,7 +576,14 @@ def run_reference(spec: dict) -> dict:
         counts[idx] = 0.0
     token_probs = torch.from_numpy(counts).float().to(device)
     student, teacher = _load_reference_models(spec, device)
-    ref = ReferenceDistiller(student, teacher, token_probs, special, data.vocab_size)
+    ref = ReferenceDistiller(
+        student,
+        teacher,
+        token_probs,
+        special,
+        data.vocab_size,
+        restrict_ce_to_mask=spec["restrict_ce_to_mask"],
+    )
     no_decay = ["bias", "LayerNorm.weight"]
     groups = [
         {
@@ -560,7 +619,9 @@ def run_reference(spec: dict) -> dict:
         amp = torch.bfloat16
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
     meter = Meter(spec["warmup"], device, spec.get("profile", False))
-    batches = _reference_batches(data, spec["batch_size"], special["pad"], spec["seed"])
+    batches = _reference_batches(
+        data, spec["batch_size"], special["pad"], spec["seed"], spec["group_by_size"]
+    )
     last_losses = []
     for _ in range(total):
         with torch.profiler.record_function("reference::batch"):
@@ -595,7 +656,9 @@ def run_reference(spec: dict) -> dict:
 
 
 def check_same_losses(teacher: str, student: str, data_dir: str, batch_size: int) -> dict:
-    """Losses of (a) and (b) on one masked batch, dropout off; raises if they differ."""
+    """Losses of (a) and (b) on one masked batch, dropout off, in both L_ce modes; raises if
+    they differ. Keys: ``ce``, ``mlm``, ``cos`` (L_ce on the masked targets) and ``ce-all``
+    (L_ce over every real token)."""
     import torch
 
     from distilkit.data import TokenDataset
@@ -617,21 +680,25 @@ def check_same_losses(teacher: str, student: str, data_dir: str, batch_size: int
     )
     s, t = _load_reference_models({"student": student, "teacher": teacher}, torch.device("cpu"))
     s.eval()
-    obj = DistillObjective(s, t, LossConfig(**ALPHAS))
-    with torch.no_grad():
-        norms = {k: float(v) for k, v in obj.rows(b).items()}
-        got = obj.losses(obj.student, b, norms)
-        labels = torch.full((b["input_ids"].numel(),), -100, dtype=torch.long)
-        labels[b["target_idx"]] = b["labels"]
-        ref = ReferenceDistiller(s, t, weights, special, data.vocab_size)
-        am = b["attention_mask"].bool()  # the reference's mask is boolean
-        want = ref.losses(b["input_ids"], am, labels.view_as(b["input_ids"]))
+    labels = torch.full((b["input_ids"].numel(),), -100, dtype=torch.long)
+    labels[b["target_idx"]] = b["labels"]
+    am = b["attention_mask"].bool()  # the reference's mask is boolean
     out = {}
-    for k in ("ce", "mlm", "cos"):
-        a, r = float(got[k]), float(want[k])
-        out[k] = {"a": a, "b": r, "abs_diff": abs(a - r)}
-        if not math.isclose(a, r, rel_tol=1e-4, abs_tol=1e-5):
-            raise SystemExit(f"losses differ: L_{k} (a) {a!r} vs (b) {r!r}")
+    for restrict, keys in ((True, ("ce", "mlm", "cos")), (False, ("ce",))):
+        obj = DistillObjective(s, t, LossConfig(**ALPHAS, restrict_ce_to_mask=restrict))
+        ref = ReferenceDistiller(
+            s, t, weights, special, data.vocab_size, restrict_ce_to_mask=restrict
+        )
+        with torch.no_grad():
+            norms = {k: float(v) for k, v in obj.rows(b).items()}
+            got = obj.losses(obj.student, b, norms)
+            want = ref.losses(b["input_ids"], am, labels.view_as(b["input_ids"]))
+        for k in keys:
+            a, r = float(got[k]), float(want[k])
+            name = k if restrict else k + "-all"
+            out[name] = {"a": a, "b": r, "abs_diff": abs(a - r)}
+            if not math.isclose(a, r, rel_tol=1e-4, abs_tol=1e-5):
+                raise SystemExit(f"losses differ: L_{name} (a) {a!r} vs (b) {r!r}")
     return out
 
 
@@ -639,15 +706,29 @@ def check_same_losses(teacher: str, student: str, data_dir: str, batch_size: int
 # Orchestration
 
 
+VARIANT_FLAGS = {"compile": "a", "ce-all": "ab", "random-batches": "b"}
+
+
 def parse_variant(text: str) -> dict:
-    """``a:fp32``, ``a:bf16+compile``, ``b:fp32`` -> path, precision, compile."""
+    """``a:fp32``, ``a:bf16+compile``, ``b:fp32+ce-all`` -> path, precision and options."""
     path, _, rest = text.partition(":")
-    precision, _, flag = (rest or "auto").partition("+")
-    if path not in ("a", "b") or flag not in ("", "compile"):
-        raise SystemExit(f"bad variant {text!r} (expected a|b:PRECISION[+compile])")
-    if path == "b" and flag:
-        raise SystemExit("the reference path (b) has no compile option")
-    return {"name": text, "path": path, "precision": precision, "compile": flag == "compile"}
+    precision, *flags = (rest or "auto").split("+")
+    if path not in ("a", "b") or any(f not in VARIANT_FLAGS for f in flags):
+        raise SystemExit(
+            f"bad variant {text!r} (expected a|b:PRECISION[+FLAG...], flags "
+            f"{', '.join(VARIANT_FLAGS)})"
+        )
+    for f in flags:
+        if path not in VARIANT_FLAGS[f]:
+            raise SystemExit(f"variant {text!r}: path {path} has no {f} option")
+    return {
+        "name": text,
+        "path": path,
+        "precision": precision,
+        "compile": "compile" in flags,
+        "restrict_ce_to_mask": "ce-all" not in flags,
+        "group_by_size": "random-batches" not in flags,
+    }
 
 
 def run_one(
@@ -680,10 +761,11 @@ def _median(values):
 def machine_info() -> dict:
     import torch
 
-    from distilkit.bench import cpu_name
+    from distilkit.bench import cpu_features, cpu_name
 
     info = {
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -692,6 +774,16 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def best_reference(results: list[dict], variants: list[dict]) -> str:
+    """The reference (b) variant with the highest median tokens/s: the reference as fast as it
+    can run here, so that no ratio is inflated by one of its slower modes."""
+    refs = [v["name"] for v in variants if v["path"] == "b"]
+    if not refs:
+        raise SystemExit("no reference (b) variant was measured")
+    speed = {n: _median([r["tokens_per_s"] for r in results if r["name"] == n]) for n in refs}
+    return max(refs, key=lambda n: speed[n])
 
 
 def summarise(results: list[dict], variants: list[dict], baseline: str) -> dict:
@@ -734,7 +826,7 @@ def summarise(results: list[dict], variants: list[dict], baseline: str) -> dict:
 
 def print_table(rows: dict, baseline: str) -> None:
     cuda = any(r["cuda_peak_mb"] is not None for r in rows.values())
-    head = f"{'variant':<18}{'prec':>6}{'tok/s':>10}{'tok/CPU-s':>11}{'pad':>6}"
+    head = f"{'variant':<24}{'prec':>6}{'tok/s':>10}{'tok/CPU-s':>11}{'pad':>6}"
     head += f"{'peak RSS MB':>13}{'train RSS MB':>14}"
     if cuda:
         head += f"{'CUDA peak MB':>14}"
@@ -743,7 +835,7 @@ def print_table(rows: dict, baseline: str) -> None:
     for name, r in rows.items():
         x = r["vs_" + baseline]
         mem_key = "cuda_train_mb" if cuda else "rss_train_mb"
-        line = f"{name:<18}{r['precision']:>6}{r['tokens_per_s']:>10.0f}"
+        line = f"{name:<24}{r['precision']:>6}{r['tokens_per_s']:>10.0f}"
         line += f"{r['tokens_per_cpu_s']:>11.0f}{r['padding']:>6.0%}"
         line += f"{_fmt(r['rss_peak_mb'])}{_fmt(r['rss_train_mb'], 14)}"
         if cuda:
@@ -783,8 +875,18 @@ def main(argv: list[str] | None = None) -> dict:
         "sleep instead of spinning; on a CPU shared with other jobs, spinning threads waiting "
         "for a descheduled peer cost several times the work itself",
     )
-    ap.add_argument("--variants", default="a:auto,b:fp32", help="comma-separated; first is (a)")
-    ap.add_argument("--baseline", default="b:fp32")
+    ap.add_argument(
+        "--variants",
+        default="a:auto,b:fp32,b:fp32+ce-all",
+        help="comma-separated PATH:PRECISION[+FLAG...]; the default is distilkit against the "
+        "reference in both of its L_ce modes",
+    )
+    ap.add_argument(
+        "--baseline",
+        default="best",
+        help="the variant ratios are taken against; 'best': the fastest reference (b) variant "
+        "measured (median tokens/s)",
+    )
     ap.add_argument("--compile-backend", help="torch.compile backend for +compile variants")
     ap.add_argument("--seed", type=int, default=56)
     ap.add_argument(
@@ -824,14 +926,17 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("give --data, --corpus or --synthetic-tokens")
 
     variants = [parse_variant(v) for v in args.variants.split(",")]
-    if args.baseline not in [v["name"] for v in variants]:
+    if args.baseline == "best" and not any(v["path"] == "b" for v in variants):
+        raise SystemExit("--baseline best needs a reference (b) variant")
+    if args.baseline != "best" and args.baseline not in [v["name"] for v in variants]:
         raise SystemExit(f"--baseline {args.baseline} is not among --variants")
     info = machine_info()
     print(f"machine: {info}", flush=True)
     equal = check_same_losses(str(teacher), str(student), str(data), args.batch_size)
     print(
         "same batch, dropout off: "
-        + ", ".join(f"L_{k} (a) {v['a']:.6f} (b) {v['b']:.6f}" for k, v in equal.items()),
+        + ", ".join(f"L_{k} (a) {v['a']:.6f} (b) {v['b']:.6f}" for k, v in equal.items())
+        + " (ce-all: L_ce over every real token)",
         flush=True,
     )
 
@@ -869,13 +974,13 @@ def main(argv: list[str] | None = None) -> dict:
             )
             if r is None:
                 skipped.append(f"{v['name']} (repeat {rep})")
-                print(f"  repeat {rep} {v['name']:<16} skipped: out of time budget", flush=True)
+                print(f"  repeat {rep} {v['name']:<22} skipped: out of time budget", flush=True)
                 continue
             r |= {"name": v["name"], "repeat": rep}
             results.append(r)
             mem = r.get("cuda_peak_mb") or r.get("rss_peak_mb") or 0
             print(
-                f"  repeat {rep} {v['name']:<16} {r['tokens_per_s']:9.0f} tok/s "
+                f"  repeat {rep} {v['name']:<22} {r['tokens_per_s']:9.0f} tok/s "
                 f"{r['tokens_per_cpu_s']:9.0f} tok/CPU-s  padding {r['padding']:.0%}  "
                 f"peak {mem:.0f} MB  (warm-up {r['warmup_s']:.1f} s)",
                 flush=True,
@@ -884,16 +989,22 @@ def main(argv: list[str] | None = None) -> dict:
                 _print_profile(v["name"], r["profile"])
     info["loadavg_end"] = os.getloadavg()
     measured = [v for v in variants if any(r["name"] == v["name"] for r in results)]
-    if args.baseline not in [v["name"] for v in measured]:
-        raise SystemExit(f"the baseline {args.baseline} was not measured")
-    rows = summarise(results, measured, args.baseline)
+    baseline = args.baseline
+    if baseline == "best":
+        baseline = best_reference(results, measured)
+    if baseline not in [v["name"] for v in measured]:
+        raise SystemExit(f"the baseline {baseline} was not measured")
+    rows = summarise(results, measured, baseline)
     print(
         f"\npair {args.teacher or args.pair}: batch {args.batch_size}, sequences <= "
         f"{json.loads((data / 'manifest.json').read_text())['max_length']} tokens, "
         f"{args.steps} timed steps after {args.warmup}, {repeats} repeat(s), "
         f"{args.threads} threads, {args.device}; medians"
     )
-    print_table(rows, args.baseline)
+    print_table(rows, baseline)
+    if args.baseline == "best":
+        print(f"ratios against the reference's fastest mode here: {baseline}")
+    print(f"machine: {info['cpu']} ({', '.join(info['cpu_features']) or 'features unknown'})")
     print(f"load average: start {info['loadavg']}, end {info['loadavg_end']}")
     if skipped:
         print("skipped (time budget): " + ", ".join(skipped))
@@ -901,6 +1012,7 @@ def main(argv: list[str] | None = None) -> dict:
         "args": vars(args),
         "machine": info,
         "same_losses": equal,
+        "baseline": baseline,
         "results": results,
         "summary": rows,
         "skipped": skipped,

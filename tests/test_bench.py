@@ -1,4 +1,5 @@
-"""bench on tiny models: PyTorch, ONNX fp32 and int8 rows in one table, every field written.
+"""bench on tiny models: PyTorch, ONNX fp32 and int8 rows in one table, every field written,
+every row naming the file it timed, quality measured as `distilkit zeroshot` measures it.
 
 No assertion is about time: only that each measurement exists and has the right form.
 """
@@ -14,7 +15,7 @@ import pytest
 from distilkit.bench import BenchConfig, bench
 from distilkit.config import load_config
 from distilkit.errors import DistilkitError
-from distilkit.export import INT8_FILE, ExportConfig, export
+from distilkit.export import FP32_FILE, INT8_FILE, ExportConfig, export
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = Path(__file__).parent / "fixtures" / "glue"
@@ -68,8 +69,7 @@ def small(paths: dict[str, Path], out: Path, **kw) -> BenchConfig:
         models=[
             f"teacher={paths['teacher']}",
             f"student={paths['student']}",
-            str(paths["onnx"]),  # an export folder: its fp32 model.onnx, label from the path
-            f"int8={paths['onnx'] / INT8_FILE}",
+            str(paths["onnx"]),  # an export folder: one row per file, labels from the path
         ],
         out=str(out),
         data_dir=str(GLUE),
@@ -96,6 +96,10 @@ def test_bench_writes_every_field(models, tmp_path):
     data = json.loads((tmp_path / "bench.json").read_text())
     assert [m["label"] for m in data["models"]] == ["teacher", "int8"]
     assert [m["format"] for m in data["models"]] == ["safetensors fp32", "onnx int8"]
+    assert [m["file"] for m in data["models"]] == [
+        str(models["teacher"] / "model.safetensors"),
+        str(models["onnx"] / INT8_FILE),
+    ]
     for m in data["models"]:
         assert m["parameters"]["total"] > m["parameters"]["without_embeddings"] > 0
         assert m["size_bytes"] > 0 and m["size_mb"] > 0
@@ -118,9 +122,15 @@ def test_bench_writes_every_field(models, tmp_path):
             "speedup_throughput",
             "size_ratio",
             "parameters_ratio",
+            "quality_points",
         }
-        assert all(v is not None and v > 0 for v in m["ratios"].values())
+        ratios = {k: v for k, v in m["ratios"].items() if k != "quality_points"}
+        assert all(v is not None and v > 0 for v in ratios.values())
+        assert m["ratios"]["quality_points"] is not None
         assert m["device"] == "cpu" and m["threads"] == 1
+        q = m["quality"]
+        assert q["task"] == "stsb-zeroshot" and q["pairs"] == 4
+        assert -1 <= q["spearman"] <= 1 and -1 <= q["pearson"] <= 1
     assert data["models"][0]["ratios"]["speedup_latency"] == pytest.approx(1.0)
     env = data["environment"]
     for key in (
@@ -136,20 +146,31 @@ def test_bench_writes_every_field(models, tmp_path):
     assert data["protocol"]["isolated_processes"] is True
     md = (tmp_path / "bench.md").read_text()
     assert "| teacher |" in md and "| int8 |" in md and "load average" in md
+    assert f"`{models['onnx'] / INT8_FILE}`" in md and "STS-B 0-shot" in md
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r.files["png"] == tmp_path / "bench.png"
 
 
 def test_bench_one_table_pytorch_onnx_int8(models, tmp_path):
-    """Teacher fp32 -> student fp32 -> student ONNX -> student int8, in-process (fast)."""
+    """Teacher fp32 -> student fp32 -> student ONNX -> student int8, in-process (fast): the
+    export folder gives one row per file, and each row names the file it timed."""
     r = bench(small(models, tmp_path, isolate=False, plot=False))
     rows = r.models
-    assert [m["label"] for m in rows] == ["teacher", "student", "onnx/model.onnx", "int8"]
+    assert [m["label"] for m in rows] == [
+        "teacher",
+        "student",
+        "onnx/model.onnx",
+        "onnx/model.int8.onnx",
+    ]
     assert [m["format"] for m in rows] == [
         "safetensors fp32",
         "safetensors fp32",
         "onnx fp32",
         "onnx int8",
+    ]
+    assert [m["file"] for m in rows[2:]] == [
+        str(models["onnx"] / FP32_FILE),
+        str(models["onnx"] / INT8_FILE),
     ]
     # One student, three files: the same parameters, and int8 is the smallest file.
     s, fp32, int8 = rows[1:]
@@ -159,6 +180,56 @@ def test_bench_one_table_pytorch_onnx_int8(models, tmp_path):
     # A process-wide peak is not one model's: reported as unknown rather than misleading.
     assert all(m["memory"]["peak_rss_mb"] is None for m in rows)
     assert not (tmp_path / "bench.png").exists()
+    # Quality: the student's PyTorch row is what `distilkit zeroshot` reports, and its fp32 ONNX
+    # file computes the same function, so the same score.
+    from distilkit.zeroshot import ZeroShotConfig, zeroshot
+
+    want = zeroshot(
+        ZeroShotConfig(model=str(models["student"]), data_dir=str(GLUE), out=str(tmp_path / "zs"))
+    )
+    assert s["quality"]["spearman"] == pytest.approx(want["metrics"]["spearman"], abs=1e-9)
+    assert fp32["quality"]["spearman"] == pytest.approx(want["metrics"]["spearman"], abs=1e-6)
+    assert fp32["ratios"]["quality_points"] == pytest.approx(
+        100 * (fp32["quality"]["spearman"] - rows[0]["quality"]["spearman"])
+    )
+
+
+def test_bench_label_on_an_export_folder_names_each_file(models, tmp_path):
+    """'int8=FOLDER' once timed the folder's fp32 file under the int8 label: now each file is
+    a row of its own, and naming the file times only that one."""
+    cfg = small(
+        models,
+        tmp_path,
+        models=[f"int8={models['onnx']}", f"only={models['onnx'] / INT8_FILE}"],
+        isolate=False,
+        plot=False,
+        quality=False,
+    )
+    rows = bench(cfg).models
+    assert [(m["label"], Path(m["file"]).name, m["format"]) for m in rows] == [
+        ("int8/model.onnx", FP32_FILE, "onnx fp32"),
+        ("int8/model.int8.onnx", INT8_FILE, "onnx int8"),
+        ("only", INT8_FILE, "onnx int8"),
+    ]
+    assert all(m["quality"] is None for m in rows)
+    md = (tmp_path / "bench.md").read_text()
+    assert "STS-B 0-shot" not in md and "Quality not measured" in md
+
+
+def test_bench_quality_needs_the_encoder_output(models, tmp_path):
+    """A row timed with a task head has no sentence embeddings: quality says why it is absent."""
+    import transformers
+
+    mlm = tmp_path / "mlm"
+    transformers.DistilBertForMaskedLM(
+        transformers.AutoConfig.from_pretrained(models["student"])
+    ).save_pretrained(mlm)
+    transformers.AutoTokenizer.from_pretrained(models["student"]).save_pretrained(mlm)
+    cfg = small(models, tmp_path / "b", models=[str(mlm)], isolate=False, plot=False, head="auto")
+    (row,) = bench(cfg).models
+    assert row["head"] == "masked-lm"
+    assert row["quality"]["spearman"] is None and "masked-lm" in row["quality"]["skipped"]
+    assert "Not measured for mlm" in (tmp_path / "b" / "bench.md").read_text()
 
 
 def test_bench_errors(models, tmp_path):

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
+import yaml
 
 from distilkit.adapt import AdaptConfig
-from distilkit.config import ConfigError, load_config
+from distilkit.config import (
+    ConfigError,
+    config_keys,
+    dump_config,
+    field_docs,
+    load_config,
+    to_dict,
+    type_label,
+    yaml_value,
+)
 from distilkit.data import PrepareConfig
-from distilkit.distill import DistillConfig
+from distilkit.distill import DistillConfig, LossConfig
 from distilkit.errors import DistilkitError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -90,3 +101,42 @@ def test_semantic_validation():
         load_config(DistillConfig, None, ["masking.mlm_probability=1.5"])
     with pytest.raises(DistilkitError, match="batch_size"):
         load_config(DistillConfig, None, ["train.batch_size=0"])
+
+
+def test_a_section_built_by_a_factory_keeps_its_values_for_keys_not_given(tmp_path):
+    # adapt-teacher's train section has its own optimiser defaults; setting one train key (as
+    # --max-steps does) must not swap them for TrainConfig's.
+    cfg = load_config(AdaptConfig, None, ["train.max_steps=5"])
+    assert cfg.train.max_steps == 5 and cfg.train.optim == AdaptConfig().train.optim
+    f = tmp_path / "a.yaml"
+    f.write_text("train:\n  optim:\n    lr: 0.001\n")
+    cfg = load_config(AdaptConfig, f)
+    assert cfg.train.optim.lr == 1e-3 and cfg.train.optim.betas == [0.9, 0.999]
+
+
+def test_field_docs_types_and_keys_come_from_the_dataclass():
+    docs = field_docs(LossConfig)
+    assert (
+        docs["restrict_ce_to_mask"]
+        == "L_ce on masked positions only (True) or on every real token."
+    )
+    assert type_label(Literal["auto", "fp32"]) == "{auto,fp32}"
+    assert type_label(float | None) == "float | None" and type_label(list[int]) == "list[int]"
+    keys = [k.key for k in config_keys(DistillConfig)]
+    assert keys[0] == "teacher" and "train.optim.lr" in keys and "loss.embedding.spans" in keys
+    # Plain keys of a section come before its subsections.
+    assert keys.index("train.halt_at_step") < keys.index("train.optim.lr")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_dump_config_loads_back_equal(name, tmp_path):
+    cfg = load_config(SCHEMAS[name], CONFIGS / name)
+    f = tmp_path / name
+    f.write_text(dump_config(cfg, header="a header\nof two lines"))
+    assert to_dict(load_config(SCHEMAS[name], f)) == to_dict(cfg)
+
+
+def test_yaml_values_stay_one_line_and_load_back():
+    for value in ["", "yes", "1e-4", "a: b", "two\nlines", "#x", None, True, 3e-5, [0, 2], {}]:
+        text = yaml_value(value)
+        assert "\n" not in text and yaml.safe_load(f"k: {text}  # note") == {"k": value}

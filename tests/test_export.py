@@ -127,7 +127,9 @@ def test_round_trip_each_head(exported, head, family, tok):
     )
     assert manifest["inputs"] == expected_inputs
     assert manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-4
+    # int8 parity of every head type, with the default recipe (per-channel weights)
     assert manifest["parity"]["int8"]["relative_max_diff"] <= 0.25
+    assert manifest["int8_recipe"]["matmul_weights"] == "int8, per channel"
     assert manifest["parameters"]["total"] > manifest["parameters"]["without_embeddings"] > 0
     assert (out / "config.json").is_file()
     assert (out / "tokenizer.json").is_file() == tok
@@ -194,6 +196,76 @@ def test_int8_tolerance_is_enforced(exported, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def _tiny_mlm_graph(exported):
+    import distilkit.export as ex
+
+    src, out = exported["masked-lm"]
+    model, _ = load_torch_model(src, "masked-lm")
+    names = ex._input_names(model)
+    samples = ex._sample_inputs(model, None, names)
+    return ex._Graph(model, names, ("logits",)), samples, out / FP32_FILE
+
+
+@pytest.mark.parametrize("where", ["padding", "real token"])
+def test_masked_lm_parity_reads_real_tokens_only(exported, tmp_path, monkeypatch, where):
+    """(B, L, V) vocabulary logits at padded positions mean nothing (they failed the int8 check
+    of a real student on their own); any error at a real token must still fail."""
+    from distilkit.export import _check_parity
+
+    graph, samples, path = _tiny_mlm_graph(exported)
+    assert not bool(samples[0]["attention_mask"].all())  # the parity batch has padding
+    run_feed = OnnxModel.run_feed
+
+    def corrupted(self, feed):
+        (logits,) = run_feed(self, feed)  # (B, L, V)
+        pad = feed["attention_mask"] == 0  # (B, L)
+        if where == "padding":
+            logits[pad] += 1e3
+        else:
+            logits[0, 0, 0] += 1e3
+        return [logits]
+
+    monkeypatch.setattr(OnnxModel, "run_feed", corrupted)
+    cfg = ExportConfig(out=str(tmp_path / "o"))
+    if where == "padding":
+        result = _check_parity(graph, path, samples, "fp32", cfg)
+        assert result["max_abs_diff"] <= 1e-4
+    else:
+        with pytest.raises(DistilkitError, match="parity check failed for model.onnx"):
+            _check_parity(graph, path, samples, "fp32", cfg)
+
+
+def test_non_finite_int8_output_fails_whatever_the_tolerance(exported, tmp_path, monkeypatch):
+    """A NaN difference compares False with any tolerance: it must fail on its own."""
+    src, _ = exported["encoder"]
+    run_feed = OnnxModel.run_feed
+
+    def nan_in_int8(self, feed):
+        outputs = run_feed(self, feed)
+        if self.path.name == INT8_FILE:
+            outputs[0][0, 0, 0] = np.nan  # (B, L, H), a real token
+        return outputs
+
+    monkeypatch.setattr(OnnxModel, "run_feed", nan_in_int8)
+    out = tmp_path / "out"
+    with pytest.raises(DistilkitError, match="model.int8.onnx: output last_hidden_state has non"):
+        export(ExportConfig(model=str(src), out=str(out), quantize="int8", int8_rtol=1e9))
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_per_tensor_int8_is_still_available(exported, tmp_path):
+    src, _ = exported["sequence-classification"]
+    r = export(
+        ExportConfig(
+            model=str(src), out=str(tmp_path / "o"), quantize="int8", int8_per_channel=False
+        )
+    )
+    manifest = json.loads((r.out_dir / MANIFEST).read_text())
+    assert manifest["int8_recipe"]["matmul_weights"] == "int8, per tensor"
+    assert r.parity["int8"]["relative_max_diff"] <= 0.25
+
+
 def test_keep_ffn_output_finds_one_projection_per_layer(exported):
     import onnx
 
@@ -227,6 +299,19 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
     code = main(["export", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "model path does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_minilm_student_int8_with_its_own_head(tmp_path):
+    """The first thing a user tries: init-student from MiniLM, export int8, default head."""
+    from distilkit.student import init_student
+
+    init_student("minilm", tmp_path / "student")
+    r = export(
+        ExportConfig(model=str(tmp_path / "student"), out=str(tmp_path / "o"), quantize="int8")
+    )
+    assert r.head == "masked-lm"
+    assert r.parity["int8"]["relative_max_diff"] <= 0.25
 
 
 @pytest.mark.slow

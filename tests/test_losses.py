@@ -88,6 +88,31 @@ def test_embedding_cosine_matches_the_plain_formula():
     assert float(embedding_cosine(s, 3 * s)) < 1e-6
 
 
+def test_similarity_kl_matches_the_plain_formula():
+    from distilkit.losses import similarity_kl
+
+    torch.manual_seed(2)
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+    temp = 0.1
+
+    def cos(a, b):
+        return float(torch.dot(a, b) / (a.norm() * b.norm()))
+
+    total = 0.0
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        p = torch.softmax(torch.tensor([cos(t[i], t[j]) / temp for j in others]), 0)
+        q = torch.softmax(torch.tensor([cos(s[i], s[j]) / temp for j in others]), 0)
+        total += float((p * (p / q).log()).sum())
+    assert abs(float(similarity_kl(s, t, temp)) - total / 5) < 1e-5
+    # Zero for the same geometry (scale and a shared rotation do not matter), > 0 otherwise.
+    q_rot, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert float(similarity_kl(s @ q_rot * 3.0, s, temp)) < 1e-6
+    assert float(similarity_kl(s, t, temp)) > 0.01
+    # The normalizer replaces the row count (accumulation windows divide by their total).
+    assert torch.allclose(similarity_kl(s, t, temp, normalizer=10.0) * 2, similarity_kl(s, t, temp))
+
+
 def test_similarity_mse_matches_the_plain_formula():
     from distilkit.losses import similarity_mse
 

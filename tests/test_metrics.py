@@ -11,6 +11,7 @@ from distilkit.errors import DistilkitError
 from distilkit.metrics import (
     compute_metrics,
     normalize_answer,
+    result_json,
     squad_exact,
     squad_f1,
     squad_metrics,
@@ -112,3 +113,38 @@ def test_squad_em_f1():
     assert m["exact_match"] == pytest.approx(1 / 3)
     # q2: "in 1996" vs "1996": p=1/2 r=1 -> 2/3; EM 0
     assert m["f1"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+
+
+# ----------------------------------------------------------------------------- non-finite values
+
+
+def test_non_finite_predictions_are_an_error_not_a_score():
+    # NaN logits have an argmax (0), so a broken model would otherwise score like a constant
+    # predictor; a NaN regression output would make both correlations NaN.
+    logits = np.array([[0.1, 0.2], [np.nan, 0.0], [1.0, 0.0]])
+    with pytest.raises(DistilkitError, match=r"compute_metrics\(sst2\): 1 of 6 predictions are"):
+        compute_metrics("sst2", logits, [1, 0, 0])
+    with pytest.raises(DistilkitError, match="2 of 3 predictions are not finite"):
+        compute_metrics("stsb", [1.0, np.inf, np.nan], [1.0, 2.0, 3.0])
+    with pytest.raises(DistilkitError, match="1 of 3 labels are not finite"):
+        compute_metrics("stsb", [1.0, 2.0, 3.0], [1.0, np.nan, 3.0])
+
+
+def test_result_json_is_strict_json_and_refuses_nan():
+    import json
+
+    good = {"score": 0.5, "runs": [{"dev": {"mcc": 0.0}}], "n": 3, "name": "x"}
+    text = result_json(good)
+
+    def strict(constant):
+        raise ValueError(constant)
+
+    assert json.loads(text, parse_constant=strict) == good
+    bad = {"score": 0.5, "runs": [{"dev": {"mcc": 0.1}}, {"dev": {"mcc": float("nan")}}]}
+    with pytest.raises(DistilkitError) as exc:
+        result_json(bad)
+    assert str(exc.value) == (
+        "metrics.json would hold a non-finite value (runs[1].dev.mcc = nan); nothing was written"
+    )
+    with pytest.raises(DistilkitError, match=r"\(train_loss_last = inf\)"):
+        result_json({"train_loss_last": np.float64(np.inf)})

@@ -16,6 +16,7 @@ from distilkit.modeling import resolve_model
 from distilkit.squad import (
     SquadConfig,
     build_squad_config,
+    check_windows,
     eval_features,
     finetune_squad,
     predict_answers,
@@ -237,3 +238,90 @@ def test_teacher_without_qa_head_is_rejected(tiny_qa, tmp_path):
     )
     with pytest.raises(DistilkitError, match="teacher .* has no fine-tuned QA head"):
         finetune_squad(cfg)
+
+
+# ----------------------------------------------------------------------------- bad inputs, output
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=.nan", "config key 'lr' must be a finite number > 0, got nan"),
+        ("temperature=.nan", "config key 'temperature' must be a finite number > 0, got nan"),
+        ("grad_clip=.inf", "config key 'grad_clip' must be a finite number >= 0, got inf"),
+        ("max_steps=-1", "config key 'max_steps' must be >= 0"),
+        ("max_train_examples=-3", "config key 'max_train_examples' must be >= 0"),
+        ("doc_stride=-1", "config key 'doc_stride' must be >= 0"),
+    ],
+)
+def test_invalid_numbers_fail_when_the_config_is_built(override, message):
+    from distilkit.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        build_squad_config(RECIPES, [override], model="m", train_file="t", out="o")
+    assert str(exc.value) == message
+
+
+def test_a_question_that_leaves_no_room_for_the_context(tok):
+    # The tokenizer would panic in Rust (a PanicException, not even an Exception).
+    examples = read_squad(SQUAD)
+    check_windows(tok, examples, SquadConfig(max_length=48, doc_stride=16))
+    with pytest.raises(DistilkitError) as exc:
+        check_windows(tok, examples, SquadConfig(max_length=12, doc_stride=2))
+    assert str(exc.value) == (
+        "max_length 12 leaves 1 tokens for the context next to the longest question (q009: 8 "
+        "tokens and 3 special tokens), not more than doc_stride 2; lower doc_stride, or raise "
+        "max_length (up to the model's position table)"
+    )
+
+
+def test_the_output_folder_is_claimed(tiny_qa, tmp_path):
+    common = ["max_length=48", "doc_stride=16", "max_steps=1", "batch_size=4", "threads=1"]
+    out = tmp_path / "q"
+
+    def cfg(**fields):
+        return build_squad_config(RECIPES, common, train_file=str(SQUAD), out=str(out), **fields)
+
+    finetune_squad(cfg(model=tiny_qa["teacher"]))
+    assert {p.name for p in out.iterdir()} == {
+        ".distilkit-folder.json",
+        ".distilkit.lock",
+        "metrics.json",
+        "model",
+        "predictions.json",
+    }
+    with pytest.raises(DistilkitError, match=r"is not empty \(use --overwrite to replace it\)"):
+        finetune_squad(cfg(model=tiny_qa["teacher"]))
+    # Its model as the teacher of the next run into the same folder: never deleted.
+    with pytest.raises(DistilkitError) as exc:
+        finetune_squad(cfg(model=tiny_qa["student"], teacher=str(out / "model")), overwrite=True)
+    assert str(exc.value) == (
+        f"output folder {out} holds an input of this command (the teacher {out / 'model'}); "
+        "refusing to delete it even with --overwrite; choose another --out"
+    )
+    assert (out / "model" / "model.safetensors").is_file()
+    finetune_squad(cfg(model=tiny_qa["teacher"]), overwrite=True)
+    assert json.loads((out / "metrics.json").read_text())["kind"] == "squad"
+
+
+def test_a_non_finite_metric_is_never_written(tiny_qa, tmp_path, monkeypatch):
+    import distilkit.squad
+
+    nan = float("nan")
+    monkeypatch.setattr(
+        distilkit.squad, "squad_metrics", lambda *a: {"exact_match": nan, "f1": 0.0, "score": nan}
+    )
+    out = tmp_path / "q"
+    cfg = build_squad_config(
+        RECIPES,
+        ["max_length=48", "doc_stride=16", "max_steps=1", "batch_size=4", "threads=1"],
+        model=tiny_qa["student"],
+        train_file=str(SQUAD),
+        out=str(out),
+    )
+    with pytest.raises(DistilkitError) as exc:
+        finetune_squad(cfg)
+    assert str(exc.value) == (
+        "metrics.json would hold a non-finite value (score = nan); nothing was written"
+    )
+    assert not out.exists()  # predictions.json and model/ were in the scratch folder

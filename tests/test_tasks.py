@@ -13,6 +13,7 @@ from distilkit.tasks import (
     TASKS,
     ClassificationOptions,
     Example,
+    canonical_label,
     get_task,
     load_task,
     read_task,
@@ -241,3 +242,126 @@ def test_generic_errors_name_file_and_line(tmp_path):
     tsv.write_text("text\tlabel\na\t1\nb\t0\nc\t7\n", encoding="utf-8")
     with pytest.raises(DistilkitError, match=r"data\.tsv:4: label '7' is not one of 0, 1"):
         load_task("classification", tsv, fixed)
+
+
+# ----------------------------------------------------------------------------- label spellings
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("1", "1"),
+        ("1.0", "1"),
+        (" 1 ", "1"),
+        ("+1", "1"),
+        ("1e0", "1"),
+        ("01", "1"),
+        (1.0, "1"),
+        ("-0.0", "0"),
+        ("0.50", "0.5"),
+        (True, "true"),
+        ("pos", "pos"),
+        (" Pos ", "Pos"),  # names keep their case: only white space goes
+        ("nan", "nan"),  # a word, not a number
+        ("1_0", "1_0"),
+    ],
+)
+def test_canonical_label(raw, canonical):
+    assert canonical_label(raw) == canonical
+
+
+def test_numeric_labels_spelt_differently_are_one_class(tmp_path):
+    # pandas writes 1.0 for 1, people pad cells, JSON has 1 and 1.0 and "1": all one class.
+    (tmp_path / "train.csv").write_text(
+        "text,label\na,1\nb,1.0\nc,0\nd, 0 \ne,+1\nf,0.0\n", encoding="utf-8"
+    )
+    rows = [("a", 1), ("b", 1.0), ("c", "0"), ("d", " 1 "), ("e", 0.0)]
+    (tmp_path / "dev.jsonl").write_text(
+        "\n".join(json.dumps({"text": t, "label": y}) for t, y in rows) + "\n", encoding="utf-8"
+    )
+    data = load_task("classification", tmp_path)
+    assert data.spec.labels == ("0", "1") and data.spec.num_labels == 2
+    assert [e.label for e in data.train] == [1, 1, 0, 0, 1, 0]
+    assert [e.label for e in data.dev["dev"]] == [1, 1, 0, 1, 0]
+
+
+def test_numeric_labels_sort_by_value():
+    from distilkit.tasks import _discover_labels
+
+    rows = [("t", None, y, f"f:{i}") for i, y in enumerate(["10", "2", "-1", "2.5"])]
+    assert _discover_labels(Path("f"), rows, "label") == ("-1", "2", "2.5", "10")
+
+
+def test_a_label_column_of_numbers_and_names_is_refused(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\na,1\nb,pos\nc,0\nd,neg\n", encoding="utf-8")
+    with pytest.raises(DistilkitError) as exc:
+        load_task("classification", path)
+    assert str(exc.value) == (
+        f"{path}: label column 'label' mixes numbers and text (1 at {path}:2, 'pos' at {path}:3), "
+        "so its classes are ambiguous; make the column all numbers or all names, or list the "
+        "classes with classification.labels=[...]"
+    )
+    # Listing the classes settles it: every value must then be one of them.
+    data = load_task(
+        "classification", path, ClassificationOptions(labels=["neg", "pos", "0", "1.0"])
+    )
+    assert data.spec.labels == ("neg", "pos", "0", "1")
+    assert len(data.train) + len(data.dev["dev"]) == 4
+
+
+def test_string_labels_stay_as_written(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"text": str(i), "label": y} for i, y in enumerate(["Pos", "pos", " neg", "neg"] * 3)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    assert load_task("classification", path).spec.labels == ("Pos", "neg", "pos")
+
+
+def test_fixed_labels_naming_a_class_twice_are_refused(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\na,1\nb,0\n", encoding="utf-8")
+    with pytest.raises(DistilkitError, match=r"classification.labels .* names a class twice"):
+        load_task("classification", path, ClassificationOptions(labels=["0", "1", "1.0"]))
+
+
+def test_glue_labels_written_as_floats(tmp_path):
+    root = _copy(tmp_path, "SST-2", "dev.tsv", "sentence\tlabel\ngood\t1.0\nbad\t0.0\nok\t 1\n")
+    assert [e.label for e in read_task("sst2", "dev", root)] == [1, 0, 1]
+    root = _copy(tmp_path, "SST-2", "dev.tsv", "sentence\tlabel\ngood\t1\nbad\t2\n")
+    with pytest.raises(
+        DistilkitError, match=r"SST-2/dev\.tsv:3: SST-2 label '2' is not one of 0, 1"
+    ):
+        read_task("sst2", "dev", root)
+
+
+@pytest.mark.parametrize(
+    ("score", "message"),
+    [
+        ("inf", "STS-B score 'inf' is not a finite number"),
+        ("-Infinity", "STS-B score '-Infinity' is not a finite number"),
+        ("nan", "STS-B score 'nan' is not a finite number"),
+        ("", "STS-B score is empty"),
+    ],
+)
+def test_non_finite_scores_name_file_and_row(tmp_path, score, message):
+    lines = (GLUE / "STS-B" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    cells = lines[2].split("\t")
+    cells[-1] = score
+    lines[2] = "\t".join(cells)
+    root = _copy(tmp_path, "STS-B", "train.tsv", "\n".join(lines) + "\n")
+    with pytest.raises(DistilkitError) as exc:
+        read_task("stsb", "train", root)
+    assert str(exc.value) == f"{root / 'STS-B' / 'train.tsv'}:3: {message}"
+
+
+def test_empty_and_header_only_files(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(DistilkitError, match=r"train\.csv: file is empty"):
+        load_task("classification", path)
+    path.write_text("text,label\n", encoding="utf-8")
+    with pytest.raises(DistilkitError, match=r"train\.csv: no rows"):
+        load_task("classification", path)
+    root = _copy(tmp_path, "SST-2", "train.tsv", "sentence\tlabel\n")
+    with pytest.raises(DistilkitError, match=r"SST-2/train\.tsv: no examples after the header"):
+        read_task("sst2", "train", root)

@@ -55,6 +55,7 @@ from distilkit.ablate_steps import (  # noqa: F401
 )
 from distilkit.config import to_dict
 from distilkit.errors import DistilkitError
+from distilkit.plan import batch_text, log_plan
 
 log = logging.getLogger(__name__)
 
@@ -685,6 +686,28 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     size = load_size(cfg.size, cfg.sizes_file or None, cfg.overrides)
     out = Path(cfg.out or f"runs/ablation-{cfg.size}")
     report_md = Path(cfg.report or size.report or out / "report" / "ablation.md")
+    variants = active_variants(size)
+    log_plan(
+        log,
+        "ablate",
+        {
+            "size": cfg.size + (f" from {cfg.sizes_file}" if cfg.sizes_file else ""),
+            "teacher": size.teacher.name,
+            "students": f"{len(variants)} with {size.student_layers} layers: "
+            + ", ".join(v.key for v in variants),
+            "data": ", ".join(size.data.corpus)
+            + (f", first {size.data.max_documents:,} documents" if size.data.max_documents else "")
+            + f", max length {size.data.max_length}",
+            "distill": f"{size.distill.steps} steps, "
+            + batch_text(size.distill.batch_size, size.distill.grad_accumulation)
+            + f", precision {size.distill.precision}",
+            "evaluate": f"{', '.join(size.evaluate.tasks)}, {size.evaluate.seeds} seed(s)"
+            + (", STS-B zero-shot" if size.evaluate.zeroshot else ""),
+            "workers": f"{size.workers}, threads {size.threads or 'default'} each",
+            "output": out,
+            "report": report_md,
+        },
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation_size.json").write_text(
         json.dumps({"size": cfg.size, "settings": to_dict(size)}, indent=2) + "\n"
@@ -699,7 +722,6 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     if size.workers > 1:
         study.run_workers(teacher, data, inits)
     students = study.students(teacher, data, inits)
-    variants = active_variants(size)
     models = {"teacher": teacher} | {v.slug: students[v.key] for v in variants}
     evals = {label: study.evaluate(label, st) for label, st in models.items()}
     bench_result = study.bench(models)

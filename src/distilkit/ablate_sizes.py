@@ -25,10 +25,15 @@ class TeacherSize:
     tokenizer: str = "minilm"
     """Tokenizer of a 'tiny-random' teacher (other teachers bring their own)."""
     layers: int = 6
+    """Layers of a 'tiny-random' teacher."""
     hidden: int = 32
+    """Hidden size of a 'tiny-random' teacher."""
     heads: int = 2
+    """Attention heads of a 'tiny-random' teacher."""
     intermediate: int = 64
+    """Feed-forward size of a 'tiny-random' teacher."""
     seed: int = 0
+    """Seed of a 'tiny-random' teacher's weights."""
 
 
 @dataclass
@@ -36,11 +41,15 @@ class DataSize:
     corpus: list[str] = field(
         default_factory=lambda: ["../shared/data/corpus/enwiki2015_sample.txt.gz"]
     )
+    """Corpus files or folders (as ``distilkit prepare --source``)."""
     max_length: int = 128
+    """Longest packed sequence."""
     max_documents: int = 0
     """0: the whole corpus."""
     validation_fraction: float = 0.01
+    """Share of the documents held out for validation."""
     seed: int = 56
+    """Seed of the validation hold-out."""
 
 
 @dataclass
@@ -49,11 +58,17 @@ class AdaptSize:
     """Optimizer steps fitting the teacher's masked-LM head (0: use the teacher as it is; it
     must then have a head)."""
     batch_size: int = 32
+    """Sequences per step."""
     head_lr: float = 1e-2
+    """Learning rate of the head."""
     log_every: int = 10
+    """Log every N steps."""
     eval_every: int = 0
+    """Validate every N steps (0: only at the end)."""
     eval_batches: int = 40
+    """Validation batches per evaluation."""
     checkpoint_every: int = 0
+    """Checkpoint every N steps (0: never)."""
     threads: int = 0
     """torch threads of this stage (0: the size's ``threads``). It runs alone before the
     workers start, so it may use every core."""
@@ -64,21 +79,35 @@ class DistillSize:
     """One budget for every distilled student."""
 
     steps: int = 800
+    """Optimizer steps per student."""
     batch_size: int = 16
+    """Sequences per micro-batch."""
     grad_accumulation: int = 4
+    """Micro-batches per optimizer step."""
     lr: float = 5e-4
+    """Peak learning rate."""
     warmup_ratio: float = 0.05
+    """Share of the steps with linear warm-up."""
     alpha_ce: float = 5.0
+    """Weight of L_ce (soft targets)."""
     alpha_mlm: float = 2.0
+    """Weight of L_mlm (masked LM)."""
     alpha_cos: float = 1.0
+    """Weight of L_cos (hidden-state cosine)."""
     temperature: float = 2.0
+    """Softmax temperature T of L_ce."""
     seed: int = 56
     """Training seed (batch order, masks, dropout) and the seed of the random init (v)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """As distill's train.precision; 'auto': bf16 where the hardware has it natively, else fp32."""
     log_every: int = 10
+    """Log every N steps."""
     eval_every: int = 100
+    """Validate every N steps (0: only at the end)."""
     eval_batches: int = 40
+    """Validation batches per evaluation."""
     checkpoint_every: int = 50
+    """Checkpoint every N steps (0: never)."""
 
 
 @dataclass
@@ -87,25 +116,39 @@ class EmbeddingTrackSize:
     the *unadapted* sentence-encoder teacher, against layer dropping (vi) and the teacher."""
 
     enabled: bool = True
+    """Run the embedding track (student E)."""
     steps: int = 300
+    """Optimizer steps."""
     batch_size: int = 16
+    """Sequences per micro-batch."""
     grad_accumulation: int = 2
+    """Micro-batches per optimizer step."""
     lr: float = 2e-4
+    """Peak learning rate."""
     warmup_ratio: float = 0.05
+    """Share of the steps with linear warm-up."""
     max_grad_norm: float = 1.0
+    """Gradient clipping (0: off)."""
     alpha_emb: float = 1.0
+    """loss.embedding.alpha_emb of the run."""
     alpha_sim: float = 0.0
+    """loss.embedding.alpha_sim of the run."""
     alpha_tok: float = 1.0
+    """loss.embedding.alpha_tok of the run."""
     alpha_layers: float = 1.0
+    """loss.embedding.alpha_layers of the run."""
     spans: str = "pairs"
+    """loss.embedding.spans of the run."""
 
 
 @dataclass
 class EvalSize:
     glue_dir: str = "../shared/data/glue"
+    """GLUE root folder."""
     tasks: list[str] = field(default_factory=lambda: ["cola", "sst2", "stsb"])
     """Fine-tuned GLUE tasks; their mean is the macro score (as in the paper's Table 4)."""
     seeds: int = 3
+    """Fine-tuning seeds per task; the median is reported."""
     overrides: list[str] = field(default_factory=list)
     """KEY=VALUE for every fine-tuning run, on top of configs/finetune.yaml."""
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
@@ -113,6 +156,7 @@ class EvalSize:
     zeroshot: bool = True
     """Also score STS-B zero-shot (mean-pooled embeddings, cosine, Spearman)."""
     zeroshot_max_examples: int = 0
+    """Zero-shot STS-B pairs scored (0: all)."""
 
     def validate(self) -> None:
         from distilkit.tasks import get_task
@@ -140,15 +184,23 @@ _RUN_KEYS = ("model", "task", "data_dir", "out", "seeds", "seed", "save_model")
 @dataclass
 class BenchSize:
     enabled: bool = True
+    """Benchmark the models (the report's speed table)."""
     max_examples: int = 0
     """STS-B dev pairs of the latency pass (0: all 1,500, the paper's Table 3)."""
     repeats: int = 3
+    """Full latency passes per model."""
     warmup: int = 20
+    """Untimed forward passes before the first timed pass."""
     threads: int = 1
+    """CPU threads of the benchmark."""
     isolate: bool = True
+    """One process per model (needed for per-model peak memory)."""
     throughput_batch: int = 32
+    """Batch size of the throughput measurement."""
     throughput_seq: int = 128
+    """Sequence length of the throughput measurement."""
     throughput_iters: int = 10
+    """Timed forward passes of the throughput measurement."""
 
 
 @dataclass
@@ -156,11 +208,13 @@ class AblationSize:
     """Every number of one size of the study."""
 
     description: str = ""
+    """What this size is for."""
     report: str = "docs/results/ablation.md"
     """Markdown report; its PNG and JSON go into a folder of the same stem beside it. Empty:
     OUT/report/ablation.md."""
     teacher: TeacherSize = field(default_factory=TeacherSize)
     student_layers: int = 3
+    """Depth of every student."""
     data: DataSize = field(default_factory=DataSize)
     adapt: AdaptSize = field(default_factory=AdaptSize)
     distill: DistillSize = field(default_factory=DistillSize)

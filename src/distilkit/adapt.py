@@ -18,21 +18,22 @@ from torch import nn
 from distilkit import __version__
 from distilkit.config import to_dict
 from distilkit.data import TokenDataset, vocab_fingerprint
-from distilkit.distill import LMNet
+from distilkit.distill import LMNet, check_positions
 from distilkit.errors import DistilkitError
 from distilkit.loop import (
     RUN_MARKER,
     OptimConfig,
     TrainConfig,
+    claim_run_folder,
     plot_curves,
-    prepare_out_dir,
     run,
     save_final,
     setup_runtime,
 )
 from distilkit.losses import mlm_cross_entropy
 from distilkit.masking import MaskingConfig, token_weights
-from distilkit.modeling import load_mlm, load_tokenizer
+from distilkit.modeling import load_mlm, load_tokenizer, resolve_model
+from distilkit.runfolder import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,13 @@ class AdaptConfig:
     """Options of ``distilkit adapt-teacher``."""
 
     teacher: str = ""
+    """Teacher to adapt: folder, hub id, or 'minilm'."""
     data: str = ""
+    """Folder written by ``distilkit prepare``."""
     out_dir: str = ""
+    """Output folder: the adapted teacher, checkpoints, metrics.jsonl."""
     overwrite: bool = False
+    """Replace an earlier run in out_dir."""
     head_only: bool = False
     """Train only the masked-LM head (its transform and bias; the decoder stays tied to the
     frozen word embeddings). Automatically on when the teacher has no head, unless
@@ -118,16 +123,27 @@ def adapt_teacher(cfg: AdaptConfig, resume: bool | str = False) -> AdaptResult:
             raise DistilkitError(f"no {name} given")
     if cfg.head_only and cfg.whole_model:
         raise DistilkitError("head_only and whole_model exclude each other")
+    cfg.train.validate()
     rt = setup_runtime(cfg.train.threads)
     out = Path(cfg.out_dir)
     data = TokenDataset(cfg.data, "train")
-    prepare_out_dir(out, bool(resume), cfg.overwrite, rt)
+    inputs = {"the teacher": cfg.teacher, "the data": cfg.data}
+    with claim_run_folder(out, "adapt-teacher", bool(resume), cfg.overwrite, inputs, rt):
+        if resume is True and not any((out / "checkpoints").glob("step-*")):
+            raise DistilkitError(
+                f"--resume was given but {out}/checkpoints holds no usable checkpoint"
+            )
+        return _adapt(cfg, resume, rt, out, data)
+
+
+def _adapt(cfg: AdaptConfig, resume, rt, out: Path, data: TokenDataset) -> AdaptResult:
     model, headless = load_mlm(cfg.teacher)
     tok = load_tokenizer(cfg.teacher)
     if data.manifest.get("vocab_fingerprint") != vocab_fingerprint(tok):
         raise DistilkitError(
             f"dataset {data.root} was tokenised with a different vocabulary than {cfg.teacher}"
         )
+    check_positions(data, {"teacher": model})
     head_only = cfg.head_only or (headless and not cfg.whole_model)
     if headless:
         log.info(
@@ -157,7 +173,14 @@ def adapt_teacher(cfg: AdaptConfig, resume: bool | str = False) -> AdaptResult:
         "head_only": head_only,
         "config": to_dict(cfg),
     }
-    result = run(objective, model, cfg.data, cfg.masking, train_cfg, out, rt, resume, run_info)
+    settings = {
+        "teacher": fingerprint(resolve_model(cfg.teacher)),
+        "head_only": head_only,
+        "prior_bias": cfg.prior_bias,
+    }
+    result = run(
+        objective, model, cfg.data, cfg.masking, train_cfg, out, rt, resume, run_info, settings
+    )
     if result.halted:
         return AdaptResult(out, result.steps, result.seconds, {}, head_only, halted=True)
     if rt.main:
@@ -185,7 +208,10 @@ tags: [distilkit, fill-mask]
                     "seconds": result.seconds,
                     "final_eval": result.final_eval,
                     "head_only": head_only,
-                },
+                    "tokens": result.tokens,
+                    "tokens_per_second": result.tokens / max(result.seconds, 1e-9),
+                }
+                | ({"changed_on_resume": result.changes} if result.changes else {}),
                 indent=2,
             )
             + "\n"

@@ -8,7 +8,15 @@
   clock starts (the paper's on-device figure also excludes tokenisation);
 - throughput at batch 32 x sequence 128 (random token ids, no padding);
 - peak memory: the process's peak RSS and what the model added to it (CPU), or the peak CUDA
-  allocation (PyTorch on GPU).
+  allocation (PyTorch on GPU);
+- quality: zero-shot STS-B Spearman on the same dev pairs (each sentence embedded alone, mean
+  pooling, cosine; the ``distilkit zeroshot`` protocol), for every row whose output is the
+  encoder's hidden states, PyTorch and ONNX alike. Size and speed alone would hide what int8 or
+  a shallower model costs.
+
+Every row names the exact file it timed (``file``). An export folder holding ``model.onnx`` and
+``model.int8.onnx`` gives one row per file, labelled ``NAME/model.onnx`` and
+``NAME/model.int8.onnx``; name a file to time only that one.
 
 Fairness on a shared machine: each model runs in its own process (``isolate``), so peak memory is
 its own and no allocator state leaks between models; full passes and throughput batches are
@@ -33,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -48,8 +57,8 @@ class BenchConfig:
     """One benchmark: the models of one table, measured under one protocol."""
 
     models: list[str] = field(default_factory=list)
-    """PyTorch folders ('minilm', hub ids), .onnx files, or export folders (their model.onnx);
-    'label=MODEL' names a row. The first model is the baseline of every ratio."""
+    """PyTorch folders ('minilm', hub ids), .onnx files, or export folders (one row per ONNX
+    file in them); 'label=MODEL' names a row. The first row is the baseline of every ratio."""
     out: str = ""
     """Folder for bench.json, bench.md and bench.png."""
     data_dir: str = ""
@@ -63,20 +72,37 @@ class BenchConfig:
     threads: int = 1
     """CPU threads for torch and onnxruntime (0 = library default)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto': cuda when available, else cpu."""
     head: Literal["encoder", "auto"] = "encoder"
     """PyTorch models: 'encoder' times the bare encoder so every row does the same work (a
     masked-LM head alone costs a 30k-vocabulary projection at every token); ONNX files run the
     head they were exported with."""
     max_length: int = 128
+    """Longest input of the latency pass, in tokens; longer pairs are truncated."""
     throughput_batch: int = 32
+    """Batch size of the throughput measurement."""
     throughput_seq: int = 128
+    """Sequence length of the throughput measurement."""
     throughput_iters: int = 10
+    """Timed forward passes of the throughput measurement."""
     isolate: bool = True
     """One process per model (needed for per-model peak memory)."""
+    quality: bool = True
+    """Zero-shot STS-B Spearman of each encoder row on the same dev pairs (not timed)."""
+    quality_batch: int = 64
+    """Batch size of the quality pass (int8 activation scales are per batch; the zeroshot
+    command's default)."""
     plot: bool = True
+    """Also write bench.png."""
 
     def validate(self) -> None:
-        for name in ("repeats", "throughput_batch", "throughput_seq", "throughput_iters"):
+        for name in (
+            "repeats",
+            "throughput_batch",
+            "throughput_seq",
+            "throughput_iters",
+            "quality_batch",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key '{name}' must be at least 1")
         for name in ("max_examples", "warmup", "threads"):
@@ -100,6 +126,7 @@ class _Spec:
     kind: Literal["pytorch", "onnx"]
     path: str  # resolved model reference or .onnx file
     folder: str  # where config.json / tokenizer live
+    file: str  # the file timed: the .onnx file, or the PyTorch weights (else the reference)
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -117,7 +144,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
             "bench needs data_dir (GLUE root or STS-B folder): the latency "
             "protocol is a pass over the STS-B dev pairs"
         )
-    specs = [_parse_spec(text) for text in cfg.models]
+    specs = [spec for text in cfg.models for spec in _parse_specs(text)]
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise DistilkitError(f"two models share a label ({labels}); name them with label=MODEL")
@@ -144,6 +171,8 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 batch_times[i].append(r.throughput_batch())
         throughputs = [_throughput(cfg, t) for t in batch_times]
         memories = [r.memory() for r in runners]
+        # After the memory readings: the quality pass's batches must not set the peaks.
+        qualities = [r.quality() if cfg.quality else None for r in runners]
     finally:
         for r in reversed(runners):  # in-process runners restore torch's thread count in turn
             r.close()
@@ -155,6 +184,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
             {
                 "label": spec.label,
                 "source": spec.source,
+                "file": spec.file,
                 **infos[i],
                 "latency": {
                     "examples": int(len(per_example[i][0])),
@@ -166,6 +196,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
                 },
                 "throughput": throughputs[i],
                 "memory": memories[i],
+                "quality": qualities[i],
             }
         )
     _add_ratios(rows)
@@ -204,8 +235,9 @@ def _throughput(cfg: BenchConfig, times: list[float]) -> dict[str, Any]:
     }
 
 
-def _parse_spec(text: str) -> _Spec:
-    from distilkit.export import FP32_FILE
+def _parse_specs(text: str) -> list[_Spec]:
+    """The rows of one ``--model`` argument: one, or one per ONNX file of an export folder."""
+    from distilkit.export import FP32_FILE, INT8_FILE, MANIFEST
     from distilkit.modeling import resolve_model
 
     label = None
@@ -216,24 +248,41 @@ def _parse_spec(text: str) -> _Spec:
     if path.suffix == ".onnx":
         if not path.is_file():
             raise DistilkitError(f"ONNX file not found: {path}")
-        return _Spec(
-            label or f"{path.parent.name}/{path.name}", text, "onnx", str(path), str(path.parent)
-        )
-    if path.is_dir() and (path / FP32_FILE).is_file():
-        return _Spec(
-            label or f"{path.name}/{FP32_FILE}", text, "onnx", str(path / FP32_FILE), str(path)
-        )
+        name = label or f"{path.parent.name}/{path.name}"
+        return [_Spec(name, text, "onnx", str(path), str(path.parent), str(path))]
+    if path.is_dir() and any((path / f).is_file() for f in (FP32_FILE, INT8_FILE)):
+        # An export folder: time every file it holds, each row naming its file, rather than
+        # silently picking one (a row labelled int8 once timed the fp32 file).
+        names = [FP32_FILE, INT8_FILE]
+        if (path / MANIFEST).is_file():
+            listed = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("files", {})
+            names = [n for n in listed if n.endswith(".onnx")] or names
+        files = [path / n for n in names if (path / n).is_file()]
+        base = label or path.name
+        if len(files) > 1:
+            log.info(
+                "%s holds %s: one row each (give the file's path to time only one)",
+                path,
+                " and ".join(f.name for f in files),
+            )
+        return [_Spec(f"{base}/{f.name}", text, "onnx", str(f), str(path), str(f)) for f in files]
     ref = resolve_model(text)
-    return _Spec(label or Path(text).name or text, text, "pytorch", ref, ref)
+    weights = _weight_files(Path(ref))
+    file = str(weights[0]) if len(weights) == 1 else ref
+    return [_Spec(label or Path(text).name or text, text, "pytorch", ref, ref, file)]
 
 
-def _read_pairs(cfg: BenchConfig) -> list[tuple[str, str]]:
+def _read_stsb(cfg: BenchConfig) -> list:
     from distilkit.tasks import read_task
 
     examples = read_task("stsb", "dev", cfg.data_dir)
     if cfg.max_examples:
         examples = examples[: cfg.max_examples]
-    return [(e.text_a, e.text_b or "") for e in examples]
+    return examples
+
+
+def _read_pairs(cfg: BenchConfig) -> list[tuple[str, str]]:
+    return [(e.text_a, e.text_b or "") for e in _read_stsb(cfg)]
 
 
 def _pick_device(name: str) -> str:
@@ -246,13 +295,16 @@ def _pick_device(name: str) -> str:
     return name
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors (else .bin) weight files of a local model folder; [] for a hub id."""
+    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+
+
 def _weights_bytes(folder: Path) -> tuple[int | None, str]:
-    files = sorted(folder.glob("*.safetensors"))
-    fmt = "safetensors"
-    if not files:
-        files, fmt = sorted(folder.glob("pytorch_model*.bin")), "pytorch .bin"
+    files = _weight_files(folder)
     if not files:
         return None, "pytorch"
+    fmt = "safetensors" if files[0].suffix == ".safetensors" else "pytorch .bin"
     return sum(f.stat().st_size for f in files), fmt
 
 
@@ -336,6 +388,7 @@ class _Runner:
         self.info["device"] = device
         self.info["threads"] = cfg.threads or None
         tokenizer = load_tokenizer(spec.folder) if spec.kind == "pytorch" else _onnx_tokenizer(spec)
+        self.tokenizer = tokenizer
 
         max_pos = getattr(config, "max_position_embeddings", None) if config else None
         if max_pos is not None and cfg.throughput_seq > max_pos:
@@ -443,11 +496,66 @@ class _Runner:
             mem["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return mem
 
+    def quality(self) -> dict[str, Any]:
+        """Zero-shot STS-B on the bench's dev pairs, through ``zeroshot.embed`` for PyTorch and
+        ONNX alike (same tokenisation, length-sorted batches and mean pooling)."""
+        import torch
+
+        from distilkit.metrics import compute_metrics
+        from distilkit.zeroshot import embed
+
+        result: dict[str, Any] = {"task": "stsb-zeroshot", "spearman": None, "pearson": None}
+        if self.kind == "onnx":
+            if "last_hidden_state" not in self.model.output_names:
+                result["skipped"] = f"the ONNX graph outputs {self.model.output_names}"
+                return result
+            encoder = _OnnxEncoder(self.model)
+        else:
+            if self.info["head"] != "encoder":
+                result["skipped"] = f"timed with head {self.info['head']}, not the encoder"
+                return result
+            encoder = self.model
+        examples = _read_stsb(self.cfg)
+        kwargs = dict(
+            max_length=self.cfg.max_length,
+            batch_size=self.cfg.quality_batch,
+            device=torch.device(self.device),
+        )
+        a = embed(encoder, self.tokenizer, [e.text_a for e in examples], **kwargs)  # (N, H)
+        b = embed(encoder, self.tokenizer, [e.text_b or "" for e in examples], **kwargs)
+        cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()  # (N,)
+        m = compute_metrics("stsb", cosine, np.array([e.label for e in examples]))
+        result.update(spearman=m["spearman"], pearson=m["pearson"], pairs=len(examples))
+        return result
+
     def close(self) -> None:
         import torch
 
         torch.set_num_threads(self._threads_before)
         self.model = None
+
+
+class _OnnxEncoder:
+    """An ONNX encoder session with the calling convention ``zeroshot.embed`` expects of a
+    transformers encoder, so that both kinds of rows are scored by the same code."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def eval(self) -> _OnnxEncoder:
+        return self
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> SimpleNamespace:
+        import torch
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.session(**inputs)["last_hidden_state"]  # (B, L, H)
+        # Back where embed's attention mask lives (a CUDA run feeds CUDA tensors).
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden).to(input_ids.device))
+
+    __call__ = forward
 
 
 class _Remote:
@@ -488,6 +596,9 @@ class _Remote:
 
     def memory(self) -> dict[str, Any]:
         return self._call("memory")
+
+    def quality(self) -> dict[str, Any]:
+        return self._call("quality")
 
     def close(self) -> None:
         if self.proc.is_alive():
@@ -601,6 +712,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide int8 and bf16 speed: VNNI runs int8 dot products in one
+# instruction (without it, u8 x s8 products go through 16-bit steps), and without native bf16
+# it is emulated. "AMD EPYC" alone names machines with and without them.
+_CPU_FEATURES = (
+    "avx2",
+    "avx512f",
+    "avx_vnni",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+)
+
+
+def cpu_features() -> list[str]:
+    """Which of the int8/bf16-relevant x86 features the CPU has (Linux ``/proc/cpuinfo``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in _CPU_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def _environment(cfg: BenchConfig, device: str) -> dict[str, Any]:
     import onnxruntime
     import torch
@@ -613,6 +750,7 @@ def _environment(cfg: BenchConfig, device: str) -> dict[str, Any]:
     env = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "loadavg_start": _loadavg(),
@@ -665,7 +803,30 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             ),
             "size_ratio": ratio(row["size_bytes"], base["size_bytes"]),
             "parameters_ratio": ratio(row["parameters"]["total"], base["parameters"]["total"]),
+            "quality_points": None
+            if _spearman(row) is None or _spearman(base) is None
+            else 100 * (_spearman(row) - _spearman(base)),
         }
+
+
+def _spearman(row: dict[str, Any], scale: float = 1.0) -> float | None:
+    value = (row.get("quality") or {}).get("spearman")
+    return None if value is None else scale * value
+
+
+def _quality_note(rows: list[dict[str, Any]]) -> str:
+    if all(r["quality"] is None for r in rows):
+        return "Quality not measured (quality: false)."
+    n = next((r["quality"].get("pairs") for r in rows if r["quality"]), None)
+    skipped = [
+        f"{r['label']} ({r['quality']['skipped']})" for r in rows if r["quality"].get("skipped")
+    ]
+    return (
+        f"Quality: zero-shot STS-B Spearman of cosine similarities between mean-pooled sentence "
+        f"embeddings, on the same {n} dev pairs (each sentence embedded alone, batches of "
+        f"sorted lengths: the `distilkit zeroshot` protocol), untimed; Δ in points against the "
+        f"first row." + (f" Not measured for {', '.join(skipped)}." if skipped else "")
+    )
 
 
 def _div(value: float | None, by: float) -> float | None:
@@ -681,6 +842,7 @@ def _markdown(result: dict[str, Any]) -> str:
     mb = 1e6
     columns = [
         ("model", lambda r: r["label"]),
+        ("file timed", lambda r: f"`{r['file']}`"),
         ("format", lambda r: r["format"]),
         ("runtime", lambda r: r["runtime"]),
         ("head", lambda r: r["head"]),
@@ -698,10 +860,14 @@ def _markdown(result: dict[str, Any]) -> str:
         ("speed-up (median)", lambda r: _fmt(r["ratios"]["speedup_latency_median"], ".2f", "×")),
         ("throughput (seq/s)", lambda r: f"{r['throughput']['sequences_per_s']:.1f}"),
         ("× throughput", lambda r: _fmt(r["ratios"]["speedup_throughput"], ".2f", "×")),
+        ("STS-B 0-shot (Spearman ×100)", lambda r: _fmt(_spearman(r, 100), ".2f")),
+        ("Δ vs first (points)", lambda r: _fmt(r["ratios"]["quality_points"], "+.2f")),
         ("peak RSS (MB)", lambda r: _fmt(r["memory"]["peak_rss_mb"], ".0f")),
         ("RSS after load (MB)", lambda r: _fmt(r["memory"]["loaded_rss_mb"], ".0f")),
         ("model RSS peak (MB)", lambda r: _fmt(r["memory"]["model_rss_mb"], ".0f")),
     ]
+    if all(r["quality"] is None for r in rows):  # quality: false
+        columns = [c for c in columns if not c[0].startswith(("STS-B 0-shot", "Δ vs first"))]
     if any(r["memory"]["peak_cuda_mb"] is not None for r in rows):
         columns.append(("peak CUDA (MB)", lambda r: _fmt(r["memory"]["peak_cuda_mb"], ".0f")))
     lines = [
@@ -720,7 +886,9 @@ def _markdown(result: dict[str, Any]) -> str:
         f"peak RSS of the process; RSS after load and model RSS peak are above the baseline "
         f"after imports (after load: weights and inputs; peak: plus activations and runtime "
         f"buffers at the throughput batch).",
-        f"Machine: {env['cpu']}, {env['cpus_usable']} usable CPUs; load average "
+        _quality_note(rows),
+        f"Machine: {env['cpu']} ({', '.join(env.get('cpu_features') or ['features unknown'])}), "
+        f"{env['cpus_usable']} usable CPUs; load average "
         f"{env['loadavg_start']} at start, {env['loadavg_end']} at end (other jobs may share "
         f"the machine). {env['date']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}.",
         "",

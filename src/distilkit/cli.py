@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from distilkit.errors import DistilkitError
 
@@ -33,10 +34,38 @@ COMMANDS = [
 ]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Show a default once, and only a real one.
+
+    Flags that stand for config keys default to None so that an unset flag keeps the config
+    file's value; their real default is listed with the key (``_common.describe_config``), so
+    None, False and empty defaults are not shown, nor a default the help text already states.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False  # not 0, which is a value
+        if unset or action.default in ([], "", argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help ends with the stage's config keys, built only when help is shown
+    (listing them imports the stage, and with it torch)."""
+
+    config_help: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return f"{text}\n{self.config_help()}" if self.config_help else text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="distilkit",
         description="Distil BERT-family encoders into smaller, faster students (DistilBERT recipe).",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
             module.NAME,
             help=module.HELP,
             description=module.HELP,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
         )
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -65,6 +94,10 @@ def _close_progress_bars() -> None:
 def main(argv: list[str] | None = None) -> int:
     # Offline by default for anything that looks like a local path; hub ids still work online.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    # Idle OpenMP threads sleep instead of spinning: on cores shared with other work, threads
+    # spinning for a descheduled peer waste CPU (docs/speed.md). Read when torch loads OpenMP,
+    # so set before any import of torch; the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -81,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         # One line, even when the message wraps another library's multi-line error.
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"distilkit {args.command}: error: {text}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 75 for a run stopped by SIGTERM: resumable
     except OSError as exc:
         # Disk full anywhere (stages clean up their temporary folders before this).
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -28,11 +28,15 @@ class CompareConfig:
     """Which models, which tasks, where results live."""
 
     teacher: str = ""
+    """Teacher model: folder, 'minilm', or hub id."""
     student: str = ""
+    """Student model folder."""
     tasks: list[str] = field(default_factory=lambda: ["cola", "sst2", "stsb", "stsb-zeroshot"])
     """GLUE tasks, classification, stsb-zeroshot, or squad (collected only)."""
     data_dir: str = ""
+    """GLUE root (needed for runs that are not collected)."""
     out: str = ""
+    """Report folder (report.md, report.png, report.json)."""
     teacher_runs: str | None = None
     """Folder holding <task>/metrics.json for the teacher; default out/teacher."""
     student_runs: str | None = None
@@ -40,11 +44,13 @@ class CompareConfig:
     run_missing: bool = True
     """Run evaluations whose metrics.json is missing (False: fail instead)."""
     recipes: str | None = None
-    """Per-task defaults for runs (configs/finetune.yaml when found)."""
+    """Per-task defaults for runs; unset: configs/finetune.yaml when found."""
     overrides: list[str] = field(default_factory=list)
     """KEY=VALUE overrides applied to every fine-tuning run, e.g. max_train_examples=8000."""
     teacher_label: str = "teacher"
+    """Name of the teacher in the report."""
     student_label: str = "student"
+    """Name of the student in the report."""
 
     def validate(self) -> None:
         if not self.tasks:

@@ -15,11 +15,13 @@ Layout of a prepared folder::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from distilkit.errors import DistilkitError
 from distilkit.modeling import load_tokenizer
+from distilkit.runfolder import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class PrepareConfig:
     tokenizer: str = ""
     """Teacher (folder, hub id or 'minilm') whose fast tokenizer is used."""
     out_dir: str = ""
+    """Output folder (written under a temporary name, renamed when complete)."""
     max_length: int = 512
     """Longest packed sequence, [CLS] and [SEP] included."""
     min_length: int = 12
@@ -56,14 +60,17 @@ class PrepareConfig:
     validation_fraction: float = 0.01
     """Share of documents held out for validation."""
     seed: int = 56
+    """Seed of the validation hold-out."""
     text_field: str = "text"
     """Field holding the text in .jsonl files and datasets."""
     batch_paragraphs: int = 2048
     """Paragraphs per tokenizer call."""
     shard_tokens: int = 100_000_000
+    """Tokens per memory-mapped shard file."""
     max_documents: int = 0
     """Stop after this many documents (0: all)."""
     overwrite: bool = False
+    """Replace a non-empty output folder."""
 
     def validate(self) -> None:
         if not 16 <= self.max_length <= 65536:
@@ -120,15 +127,66 @@ def _expand_sources(sources: list[str]) -> list[str | Path]:
                 f"corpus source not found: {src} (for a Hugging Face dataset write hf:NAME)"
             )
         if p.is_dir():
-            files = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.name.endswith(TEXT_SUFFIXES)
-            )
+            files = _corpus_files(p)
             if not files:
                 raise DistilkitError(f"folder {src} holds no {', '.join(TEXT_SUFFIXES)} files")
             out.extend(files)
         else:
             out.append(p)
     return out
+
+
+def _corpus_files(folder: Path) -> list[Path]:
+    """Corpus files under ``folder``, following symlinked folders (each real folder once, so a
+    link cycle ends): a corpus assembled from links to other disks is common, and skipping the
+    links would silently train on part of it. Each followed link is logged."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for d in dirs:
+            link = Path(root) / d
+            if link.is_symlink():
+                target = os.path.realpath(link)
+                if target in seen:
+                    log.info("skipping symlinked folder %s -> %s (read already)", link, target)
+                else:
+                    log.info("following symlinked folder %s -> %s", link, target)
+        for name in names:
+            f = Path(root) / name
+            if name.endswith(TEXT_SUFFIXES) and f.is_file():
+                files.append(f)
+    return sorted(files)
+
+
+def _check_format(path: Path, is_jsonl: bool) -> None:
+    """The suffix says how a file is read; refuse one whose content says otherwise (JSON lines
+    named .json or .txt would be trained on as raw JSON text, braces and keys included)."""
+    if is_jsonl:
+        return
+    if path.name.endswith((".json", ".json.gz")):
+        raise DistilkitError(
+            f"corpus file {path}: .json is not a corpus format; name JSON lines (one object "
+            "with a 'text' field per line) .jsonl, and plain text .txt"
+        )
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for raw in f:
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith(b"{") and line.endswith(b"}"):
+                with contextlib.suppress(ValueError):
+                    if isinstance(json.loads(line), dict):
+                        raise DistilkitError(
+                            f"corpus file {path} holds JSON lines but is read as plain text "
+                            "(by its name); rename it to .jsonl"
+                        )
+            return
 
 
 def _check_not_binary(path: Path) -> None:
@@ -170,6 +228,7 @@ def _documents(path: str | Path, text_field: str, stats: _ReadStats) -> Iterator
     _check_not_binary(path)
     stats.files += 1
     is_jsonl = path.name.endswith((".jsonl", ".jsonl.gz"))
+    _check_format(path, is_jsonl)
     paragraphs: list[str] = []
     for lineno, line in enumerate(_lines(path, stats), start=1):
         if is_jsonl:
@@ -287,26 +346,22 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     if not cfg.tokenizer:
         raise DistilkitError("no tokenizer/teacher given (--teacher)")
     out = Path(cfg.out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise DistilkitError(f"output folder {out} is not empty (use --overwrite)")
     sources = _expand_sources(cfg.sources)
-    tok = load_tokenizer(cfg.tokenizer)
-    specials = _special_ids(tok)
-    vocab_size = len(tok)
-    dtype = id_dtype(vocab_size)
-
-    tmp = out.with_name(out.name + ".tmp-prepare")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        manifest = _prepare_into(tmp, cfg, sources, tok, specials, vocab_size, dtype)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    tmp.rename(out)
+    inputs = {"the corpus source": list(cfg.sources), "the tokenizer": cfg.tokenizer}
+    with claim_folder(out, "prepare", overwrite=cfg.overwrite, inputs=inputs) as claim:
+        tok = load_tokenizer(cfg.tokenizer)
+        specials = _special_ids(tok)
+        vocab_size = len(tok)
+        dtype = id_dtype(vocab_size)
+        # Built in a hidden sub-folder and moved in with manifest.json last: the folder looks
+        # like a dataset only once it is a whole one.
+        tmp = claim.scratch(".tmp-prepare")
+        try:
+            manifest = _prepare_into(tmp, cfg, sources, tok, specials, vocab_size, dtype)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        claim.publish(tmp, last="manifest.json")
     log.info(
         "prepared %d train / %d validation sequences (%d / %d tokens) in %s",
         manifest["splits"]["train"]["sequences"],
@@ -455,26 +510,30 @@ class TokenDataset:
 
     def __init__(self, root: str | Path, split: str = "train"):
         self.root = Path(root)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.is_file():
-            raise DistilkitError(f"{self.root} is not a prepared dataset (no manifest.json)")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = _read_manifest(self.root)
         if split not in self.manifest["splits"]:
             raise DistilkitError(f"dataset {self.root} has no split '{split}'")
-        dtype = np.dtype(self.manifest["dtype"])
+        dtype = self._dtype = np.dtype(self.manifest["dtype"])
         self._maps: list[np.ndarray] = []
+        self._names: list[str] = []
         lengths, shard_of, start_of = [], [], []
         for k, shard in enumerate(self.manifest["splits"][split]["shards"]):
-            lens = np.fromfile(self.root / f"{shard['name']}.len", dtype=np.uint32)
+            lens = self._lengths(shard)
             n_tokens = int(lens.sum())
+            bin_path = self.root / f"{shard['name']}.bin"
+            if not bin_path.is_file():
+                raise DistilkitError(f"dataset {self.root}: shard file {bin_path.name} is missing")
+            if bin_path.stat().st_size != n_tokens * dtype.itemsize:
+                raise DistilkitError(
+                    f"shard {shard['name']} of {self.root} is truncated or damaged "
+                    f"({bin_path.name} has {bin_path.stat().st_size:,} bytes; its .len file and "
+                    f"dtype {dtype.name} say {n_tokens * dtype.itemsize:,})"
+                )
             if n_tokens == 0:
                 self._maps.append(np.zeros(0, dtype=dtype))
             else:
-                self._maps.append(
-                    np.memmap(self.root / f"{shard['name']}.bin", dtype=dtype, mode="r")
-                )
-            if self._maps[-1].shape[0] != n_tokens:
-                raise DistilkitError(f"shard {shard['name']} of {self.root} is truncated")
+                self._maps.append(np.memmap(bin_path, dtype=dtype, mode="r"))
+            self._names.append(bin_path.name)
             starts = np.zeros(len(lens), dtype=np.int64)
             np.cumsum(lens[:-1], out=starts[1:])
             lengths.append(lens.astype(np.int64))
@@ -499,5 +558,121 @@ class TokenDataset:
     def vocab_size(self) -> int:
         return int(self.manifest["vocab_size"])
 
+    def _lengths(self, shard: dict) -> np.ndarray:
+        """The ``.len`` side file of a shard, checked against the manifest: ``(n_seq,)``."""
+        path = self.root / f"{shard['name']}.len"
+        if not path.is_file():
+            raise DistilkitError(f"dataset {self.root}: shard file {path.name} is missing")
+        size = path.stat().st_size
+        if size % 4 or size // 4 != shard.get("sequences", size // 4):
+            raise DistilkitError(
+                f"dataset {self.root}: {path.name} is damaged ({size:,} bytes; the manifest "
+                f"says {shard.get('sequences')} sequences, {4 * shard.get('sequences', 0):,} "
+                "bytes)"
+            )
+        lens = np.fromfile(path, dtype=np.uint32)
+        if len(lens) and (lens.min() == 0 or lens.max() > self.manifest.get("max_length", 1 << 20)):
+            raise DistilkitError(
+                f"dataset {self.root}: {path.name} is damaged (sequence lengths "
+                f"{int(lens.min())}..{int(lens.max())}, expected 1..{self.manifest.get('max_length')})"
+            )
+        return lens
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence of the split, in tokens (0 when empty)."""
+        return int(self.lengths.max()) if len(self.lengths) else 0
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Every token id must index the model's embedding table; a damaged shard (or one
+        tokenised with a larger vocabulary) otherwise crashes the run hours in with an index
+        error. One pass over the shards, in chunks (memory-mapped: about a second per GB)."""
+        if self._dtype == np.uint16 and vocab_size >= 65536:
+            return
+        for name, ids in zip(self._names, self._maps):
+            for start in range(0, len(ids), 1 << 24):
+                chunk = np.asarray(ids[start : start + (1 << 24)])
+                top = int(chunk.max()) if len(chunk) else 0
+                if top >= vocab_size:
+                    where = start + int(np.argmax(chunk >= vocab_size))
+                    raise DistilkitError(
+                        f"dataset {self.root}: {name} holds token id {top} (first bad one at "
+                        f"token {where:,}), outside the model's vocabulary of {vocab_size}; the "
+                        "shard is damaged or was tokenised with another tokenizer"
+                    )
+
     def token_counts(self) -> np.ndarray:
-        return np.load(self.root / "token_counts.npy")
+        path = self.root / "token_counts.npy"
+        if not path.is_file():
+            raise DistilkitError(f"dataset {self.root}: token_counts.npy is missing")
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise DistilkitError(f"dataset {self.root}: token_counts.npy is not a .npy file")
+        try:
+            counts = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DistilkitError(
+                f"dataset {self.root}: token_counts.npy is unreadable ({exc})"
+            ) from exc
+        if counts.shape != (self.vocab_size,) or not np.issubdtype(counts.dtype, np.integer):
+            raise DistilkitError(
+                f"dataset {self.root}: token_counts.npy is damaged (shape {counts.shape}, dtype "
+                f"{counts.dtype}; expected ({self.vocab_size},) integers)"
+            )
+        if (counts < 0).any():
+            raise DistilkitError(f"dataset {self.root}: token_counts.npy holds negative counts")
+        return counts
+
+
+_MANIFEST_KEYS = ("format", "vocab_size", "special_ids", "dtype", "splits")
+
+
+def _read_manifest(root: Path) -> dict:
+    """``manifest.json``, or one line saying what is wrong with it."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise DistilkitError(f"{root} is not a prepared dataset (no manifest.json)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DistilkitError(
+            f"dataset {root}: manifest.json is corrupt ({exc}); run `distilkit prepare` again"
+        ) from exc
+    if not isinstance(manifest, dict):
+        raise DistilkitError(f"dataset {root}: manifest.json is not a JSON object")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise DistilkitError(
+            f"dataset {root}: manifest.json lacks {', '.join(missing)}; run `distilkit prepare` "
+            "again"
+        )
+    if manifest["format"] != "distilkit-tokens-v1":
+        raise DistilkitError(f"dataset {root}: unknown format {manifest['format']!r}")
+    try:
+        np.dtype(manifest["dtype"])
+        for split in manifest["splits"].values():
+            for shard in split["shards"]:
+                str(shard["name"])
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise DistilkitError(f"dataset {root}: manifest.json is damaged ({exc!r})") from exc
+    return manifest
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """Identity of a prepared dataset: its manifest (without timings) and the sequence lengths
+    and token counts. Another corpus, tokenizer or preparation setting changes it; moving or
+    copying the folder does not. Cheap: the token shards themselves are not read."""
+    root = Path(root)
+    manifest = {
+        k: v for k, v in _read_manifest(root).items() if k not in ("seconds", "mb_per_second")
+    }
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            path = root / f"{shard['name']}.len"
+            if path.is_file():
+                h.update(path.read_bytes())
+    counts = root / "token_counts.npy"
+    if counts.is_file():
+        h.update(counts.read_bytes())
+    return h.hexdigest()[:16]

@@ -82,14 +82,21 @@ _DOC_MODULES = (
 @dataclass
 class DemoConfig:
     out_dir: str = "distilkit-demo"
+    """Folder for everything the demo writes."""
     distill_steps: int = 150
+    """Distillation optimizer steps."""
     batch_size: int = 16
+    """Sequences per distillation step."""
     lr: float = 2e-4
+    """Peak learning rate of the distillation."""
     max_length: int = 128
+    """Longest packed sequence of the demo corpus."""
     student_layers: int = 3
+    """Student depth (layers taken evenly from the teacher's)."""
     glue_dir: str = ""
     """GLUE folder with STS-B/dev.tsv: adds zero-shot STS-B to the summary (optional)."""
     overwrite: bool = False
+    """Replace the folder of an earlier demo run."""
 
 
 DEMO_MARKER = "distilkit_demo.json"

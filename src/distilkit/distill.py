@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from distilkit import __version__
+from distilkit.checkpoints import finite_number, flatten
 from distilkit.config import to_dict
 from distilkit.data import TokenDataset, vocab_fingerprint
 from distilkit.errors import DistilkitError
 from distilkit.loop import (
     RUN_MARKER,
     TrainConfig,
+    claim_run_folder,
     plot_curves,
-    prepare_out_dir,
     run,
     save_final,
     setup_runtime,
@@ -40,6 +41,7 @@ from distilkit.modeling import (
     mlm_head_of,
     resolve_model,
 )
+from distilkit.runfolder import fingerprint
 from distilkit.sentence import (
     EmbeddingLossConfig,
     EmbeddingObjective,
@@ -64,19 +66,24 @@ class LossConfig:
     alpha_ce: float | None = None
     """Soft-target KL weight; unset means 5.0, or 0 when the teacher has no masked-LM head."""
     alpha_mlm: float = 2.0
+    """Masked-LM weight (L_mlm, the hard labels)."""
     alpha_cos: float = 1.0
+    """Weight of L_cos: 1 - cos of student and teacher last hidden states."""
     temperature: float = 2.0
+    """Softmax temperature T of L_ce (which is scaled by T^2)."""
     restrict_ce_to_mask: bool = True
     """L_ce on masked positions only (True) or on every real token."""
     embedding: EmbeddingLossConfig = field(default_factory=EmbeddingLossConfig)
 
     def validate(self) -> None:
+        # NaN slips through `< 0` checks; every number must be finite.
+        finite_number("loss.temperature", self.temperature)
         if self.temperature <= 0:
             raise DistilkitError("loss.temperature must be > 0")
         for name in ("alpha_ce", "alpha_mlm", "alpha_cos"):
             v = getattr(self, name)
-            if v is not None and v < 0:
-                raise DistilkitError(f"loss.{name} must be >= 0")
+            if v is not None:
+                finite_number(f"loss.{name}", v, 0.0)
 
 
 @dataclass
@@ -92,7 +99,9 @@ class DistillConfig:
     data: str = ""
     """Folder written by ``distilkit prepare``."""
     out_dir: str = ""
+    """Output folder: the student, checkpoints, metrics.jsonl, TensorBoard logs."""
     overwrite: bool = False
+    """Replace an earlier run in out_dir."""
     loss: LossConfig = field(default_factory=LossConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -233,11 +242,22 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
     for name in ("teacher", "data", "out_dir"):
         if not getattr(cfg, name):
             raise DistilkitError(f"no {name} given")
+    cfg.loss.validate()
+    cfg.train.validate()
     rt = setup_runtime(cfg.train.threads)
     out = Path(cfg.out_dir)
     data = TokenDataset(cfg.data, "train")  # fails early on a wrong folder
-    prepare_out_dir(out, bool(resume), cfg.overwrite, rt)
+    inputs = {"the teacher": cfg.teacher, "the student": cfg.student, "the data": cfg.data}
+    with claim_run_folder(out, "distill", bool(resume), cfg.overwrite, inputs, rt):
+        if resume is True and not any((out / "checkpoints").glob("step-*")):
+            # Before a student is built here: a refused resume leaves nothing behind.
+            raise DistilkitError(
+                f"--resume was given but {out}/checkpoints holds no usable checkpoint"
+            )
+        return _distill(cfg, resume, rt, out, data)
 
+
+def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> DistillResult:
     teacher, teacher_headless = load_mlm(cfg.teacher)
     t_tok = load_tokenizer(cfg.teacher)
     # Checks that need no student come before building one, so that a failure leaves no
@@ -249,12 +269,13 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         if rt.main:
             log.info(
                 "teacher %s is a sentence encoder (%s pooling%s): distilling its sentence "
-                "embeddings (L_emb %g, L_sim %g, L_tok %g, L_layers %g on %s)",
+                "embeddings (L_emb %g, L_sim %g, L_rank %g, L_tok %g, L_layers %g on %s)",
                 cfg.teacher,
                 spec.pooling,
                 ", normalised" if spec.normalize else "",
                 loss.embedding.alpha_emb,
                 loss.embedding.alpha_sim,
+                loss.embedding.alpha_rank,
                 loss.embedding.alpha_tok,
                 loss.embedding.alpha_layers,
                 loss.embedding.spans,
@@ -283,6 +304,7 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
     s_tok = load_tokenizer(student_ref)
 
     _check_compatible(teacher, student, t_tok, s_tok, data, loss, kind)
+    check_positions(data, {"teacher": teacher, "student": student})
 
     teacher.to(rt.device).eval().requires_grad_(False)
     student.to(rt.device).train()
@@ -318,7 +340,17 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
         "objective": kind,
         "config": to_dict(cfg) | {"loss": to_dict(loss)},
     }
-    result = run(objective, student, cfg.data, cfg.masking, cfg.train, out, rt, resume, run_info)
+    # What shapes the trajectory besides the loop's own settings: compared on --resume.
+    settings = {
+        "teacher": fingerprint(resolve_model(cfg.teacher)),
+        "student_init": fingerprint(student_ref),
+        "student_layers": list(cfg.student_layers),
+        "objective": kind,
+        **flatten("loss", to_dict(loss)),
+    }
+    result = run(
+        objective, student, cfg.data, cfg.masking, cfg.train, out, rt, resume, run_info, settings
+    )
     if result.halted:
         return DistillResult(
             out,
@@ -363,6 +395,8 @@ def distill(cfg: DistillConfig, resume: bool | str = False) -> DistillResult:
             "student_params": s_params,
             "nonfinite_skipped": result.nonfinite_skipped,
         }
+        if result.changes:
+            summary["changed_on_resume"] = result.changes
         (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         marker = json.loads((out / RUN_MARKER).read_text())
         (out / RUN_MARKER).write_text(json.dumps(marker | {"finished": True}, indent=2) + "\n")
@@ -431,6 +465,32 @@ def _resolve_alphas(loss: LossConfig, teacher_headless: bool, teacher: str) -> L
     return loss
 
 
+def position_limit(model: nn.Module) -> int | None:
+    """Longest input the model's position table takes (RoBERTa-style tables start after the
+    padding index, so they hold two positions fewer than their size)."""
+    c = model.config
+    n = getattr(c, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if c.model_type in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        n -= (c.pad_token_id or 0) + 1
+    return int(n)
+
+
+def check_positions(data: TokenDataset, models: dict[str, nn.Module]) -> None:
+    """Refuse data with sequences longer than a model's position table before training: the
+    run would otherwise crash with an index error at the first long batch."""
+    longest = max(data.longest, TokenDataset(data.root, "validation").longest)
+    for name, model in models.items():
+        limit = position_limit(model)
+        if limit is not None and longest > limit:
+            raise DistilkitError(
+                f"dataset {data.root} holds sequences of up to {longest} tokens, but the {name} "
+                f"takes at most {limit} (its position table); prepare the data again with "
+                f"--max-length {limit}"
+            )
+
+
 def _check_data_vocabulary(data: TokenDataset, t_tok) -> None:
     if data.manifest.get("vocab_fingerprint") != vocab_fingerprint(t_tok):
         raise DistilkitError(
@@ -465,7 +525,7 @@ def _model_card(cfg, loss, kind, student_ref, result, t_params, s_params, tps) -
         e = loss.embedding
         losses = (
             f"sentence-embedding objective: alpha_emb={e.alpha_emb}, alpha_sim={e.alpha_sim}, "
-            f"alpha_tok={e.alpha_tok}, alpha_layers={e.alpha_layers}, spans={e.spans} "
+            f"alpha_rank={e.alpha_rank} (T {e.rank_temperature}), alpha_tok={e.alpha_tok}, alpha_layers={e.alpha_layers}, spans={e.spans} "
             f"({e.min_tokens}-{e.max_tokens} tokens)"
         )
         tags, where = "[distilkit, distillation, sentence-transformers]", "held-out sentences"

@@ -8,12 +8,14 @@ and reports the median (the paper's protocol: median of 5) and the spread.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import math
 import platform
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,8 +30,10 @@ from torch import nn
 
 from distilkit.config import ConfigError, from_dict, load_config, to_dict
 from distilkit.errors import DistilkitError
-from distilkit.metrics import compute_metrics
+from distilkit.metrics import compute_metrics, result_json
 from distilkit.modeling import count_parameters, load_tokenizer, quiet_transformers, resolve_model
+from distilkit.plan import batch_text, log_plan
+from distilkit.runfolder import claim_folder
 from distilkit.tasks import ClassificationOptions, Example, TaskSpec, get_task, load_task
 
 log = logging.getLogger(__name__)
@@ -52,13 +56,21 @@ class FinetuneConfig:
     seed: int = 42
     """First seed; run i uses seed + i."""
     lr: float = 2e-5
+    """Peak learning rate (AdamW; linear warm-up, then linear decay)."""
     epochs: int = 3
+    """Passes over the training set."""
     batch_size: int = 32
+    """Training examples per step."""
     eval_batch_size: int = 128
+    """Examples per forward pass in evaluation."""
     max_length: int = 128
+    """Longest input in tokens; longer ones are truncated."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     warmup_ratio: float = 0.1
+    """Share of the steps with linear warm-up."""
     grad_clip: float = 1.0
+    """Gradient-norm clipping (0: off)."""
     dropout: float | None = None
     """Override the model's hidden dropout (None keeps the checkpoint's)."""
     max_steps: int = 0
@@ -68,26 +80,59 @@ class FinetuneConfig:
     max_eval_examples: int = 0
     """Evaluate on the first N dev examples (0 = all)."""
     subset_seed: int = 0
+    """Seed choosing the max_train_examples subset."""
     bf16: bool = False
     """bf16 autocast (CPU or GPU); weights and optimiser stay fp32."""
     device: str = "auto"
+    """'auto': cuda when available, else cpu."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     log_every: int = 50
+    """Log the training loss every N steps."""
     save_model: bool = False
+    """Also save each seed's model to out/seed-N/model."""
     classification: ClassificationOptions = field(default_factory=ClassificationOptions)
 
     def validate(self) -> None:
         for name in ("seeds", "epochs", "batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key '{name}' must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("config key 'lr' must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError("config key 'warmup_ratio' must be in [0, 1)")
+        # NaN passes every comparison that is meant to catch a bad value (`nan <= 0` is
+        # False), so finiteness is checked first: a NaN lr or clip norm trains NaN weights.
+        check_number("lr", self.lr, low=0.0, strict=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_number("grad_clip", self.grad_clip, low=0.0)
+        check_number("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, open_high=True)
+        if self.dropout is not None:
+            check_number("dropout", self.dropout, low=0.0, high=1.0, open_high=True)
         for name in ("max_steps", "max_train_examples", "max_eval_examples", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{name}' must be >= 0")
+
+
+def check_number(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    strict: bool = False,
+    open_high: bool = False,
+) -> None:
+    """``value`` must be finite and within ``[low, high]`` (``strict``: ``> low``;
+    ``open_high``: ``< high``); else one line naming the config key."""
+    ok = math.isfinite(value)
+    ok = ok and (low is None or (value > low if strict else value >= low))
+    ok = ok and (high is None or (value < high if open_high else value <= high))
+    if not ok:
+        if low is not None and high is not None:
+            where = f" in {'(' if strict else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        elif low is not None:
+            where = f" {'>' if strict else '>='} {low:g}"
+        elif high is not None:
+            where = f" {'<' if open_high else '<='} {high:g}"
+        else:
+            where = ""
+        raise ConfigError(f"config key '{key}' must be a finite number{where}, got {value!r}")
 
 
 @dataclass
@@ -156,9 +201,13 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as exc:
         raise DistilkitError(f"bad device '{name}': {exc}") from exc
+    # Checked now: moving the model there would fail only after the data is read.
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistilkitError(f"device '{name}' is not available: torch sees no CUDA GPU")
+    return device
 
 
 def set_seed(seed: int) -> None:
@@ -189,6 +238,120 @@ def tokenize(
         return_tensors="pt",
     )
     return {k: v.to(device) for k, v in enc.items()}
+
+
+# Files transformers builds a tokenizer from. A folder holding none of them still "loads": as a
+# tokenizer of the special tokens alone, which turns every word into [UNK] and trains on nothing.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
+_TOKENIZER_JSON = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+)
+
+
+def position_limit(config) -> int | None:
+    """Longest input the model's position table takes (RoBERTa-style tables start after the
+    padding index, so they hold two positions fewer than their size)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
+        n -= (config.pad_token_id or 0) + 1
+    return int(n)
+
+
+def open_model(name: str, role: str = "model") -> tuple[str, Any, Any]:
+    """Check a model before any work and return ``(ref, config, tokenizer)``.
+
+    The weights must be present and whole (``resolve_model``), the config and tokenizer files
+    readable, and the tokenizer within the embedding table. Each of these would otherwise end
+    in a loader's traceback, or (a missing tokenizer) in a run that trains on ``[UNK]`` alone.
+    """
+    from transformers import AutoConfig
+
+    ref = resolve_model(name)
+    folder = Path(ref)
+    if folder.is_dir():
+        for file in _TOKENIZER_JSON:
+            if (folder / file).is_file():
+                try:
+                    json.loads((folder / file).read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise DistilkitError(
+                        f"{role} folder {name}: {file} is not valid JSON ({exc}); the file is "
+                        "damaged or truncated"
+                    ) from None
+        if not any((folder / f).is_file() for f in _TOKENIZER_FILES) and not any(
+            folder.glob("*.model")
+        ):
+            raise DistilkitError(
+                f"{role} folder {name} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}, "
+                "*.model); copy in the tokenizer files of the model it was made from"
+            )
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DistilkitError(f"cannot read the config of {role} '{name}': {exc}") from exc
+    try:
+        tokenizer = load_tokenizer(name)
+    except DistilkitError:
+        raise
+    except Exception as exc:  # tokenizers' own errors derive from Exception only
+        raise DistilkitError(f"cannot load the tokenizer of {role} '{name}': {exc}") from exc
+    vocab = getattr(config, "vocab_size", None)
+    if vocab and len(tokenizer) > vocab:
+        raise DistilkitError(
+            f"the tokenizer in {name} has {len(tokenizer):,} entries but the {role}'s embedding "
+            f"table only {vocab:,}; the tokenizer belongs to another model"
+        )
+    return ref, config, tokenizer
+
+
+def fit_max_length(max_length: int, config, name: str) -> int:
+    """``max_length``, or the model's position table if that is shorter.
+
+    A longer input would crash the model with an index error at the first long example. Cutting
+    inputs at the table's size is what ``max_length`` means anyway (longer inputs are
+    truncated), and changes nothing when every input is shorter; the caller records the value
+    it used.
+    """
+    limit = position_limit(config)
+    if limit is None or max_length <= limit:
+        return max_length
+    log.warning(
+        "max_length %d is longer than the position table of %s (%d tokens); inputs are cut at "
+        "%d tokens",
+        max_length,
+        name,
+        limit,
+        limit,
+    )
+    return limit
+
+
+def load_error(role: str, name: str, purpose: str, exc: Exception) -> DistilkitError:
+    """One line for a model that ``from_pretrained`` refused."""
+    text = str(exc)
+    if "ignore_mismatched_sizes" in text:
+        # transformers points at a report that quiet_transformers kept quiet: say it instead.
+        text = (
+            "its weights do not have the shapes its config.json gives (config.json edited, or "
+            "taken from another model?)"
+        )
+    return DistilkitError(f"cannot load {role} '{name}' for {purpose}: {text}")
+
+
+def check_finite_weights(model: nn.Module, name: str) -> None:
+    """A model file of NaN/inf weights (bytes damaged in place, or a diverged run) loads
+    without complaint; every output would then be NaN."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise DistilkitError(
+            f"model '{name}' holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); its "
+            "weight file is damaged, or it was saved from a run that diverged"
+        )
 
 
 def check_loading_info(name: str, info: dict, head_prefixes: tuple[str, ...]) -> None:
@@ -225,8 +388,9 @@ def _load_classifier(ref: str, name: str, spec: TaskSpec, dropout: float | None)
                 ref, config=config, output_loading_info=True
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DistilkitError(f"cannot load '{name}' for sequence classification: {exc}") from exc
+        raise load_error("model", name, "sequence classification", exc) from exc
     check_loading_info(name, info, ("classifier", "pre_classifier", "score"))
+    check_finite_weights(model, name)
     return model
 
 
@@ -291,6 +455,12 @@ def evaluate(
         logits = predict(
             model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, device, cfg.bf16
         )
+        bad = int((~np.isfinite(logits)).any(-1).sum())
+        if bad:
+            raise DistilkitError(
+                f"the fine-tuned model's outputs are not finite (NaN or inf) for {bad} of "
+                f"{len(examples)} examples of {split}; training diverged (try a lower lr)"
+            )
         gold = np.array([e.label for e in examples])
         results[split] = compute_metrics(spec.name, logits, gold)
     return results
@@ -417,12 +587,17 @@ def environment() -> dict[str, Any]:
     }
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.task`` for ``cfg.seeds`` seeds; write ``out/metrics.json``.
 
     Returns the same dict as the JSON: ``score`` (median of the main dev split's score),
     ``metrics`` (medians of the main split), ``summary`` (every split and metric with spread),
     ``runs`` (per seed), ``parameters`` (of the encoder, without the task head), ``config``.
+
+    ``out`` is claimed like every stage's output folder (``runfolder.claim_folder``): one
+    process at a time, ``overwrite`` replaces only an earlier output of distilkit that holds
+    none of the inputs, and the results are built in a scratch folder and moved in whole at
+    the end, so a failed or interrupted run leaves nothing that looks like a result.
     """
     cfg.validate()
     if not cfg.model or not cfg.task or not cfg.data_dir or not cfg.out:
@@ -430,6 +605,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    # Every input is checked before the folder is claimed and before any training: a bad file
+    # costs seconds and one line, not a run.
     data = load_task(cfg.task, cfg.data_dir, cfg.classification)
     spec = data.spec
     train = data.train
@@ -441,20 +618,79 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         split: ex[: cfg.max_eval_examples] if cfg.max_eval_examples else ex
         for split, ex in data.dev.items()
     }
-    ref = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(cfg.model)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ref, config, tokenizer = open_model(cfg.model)
+    # The value used is the one recorded in metrics.json (a copy: the caller's cfg is theirs).
+    cfg = dataclasses.replace(cfg, max_length=fit_max_length(cfg.max_length, config, cfg.model))
+    inputs = {
+        "the model": cfg.model,
+        "the data": cfg.data_dir,
+        "the training file": cfg.classification.train_file,
+        "the dev file": cfg.classification.dev_file,
+    }
+    with claim_folder(
+        cfg.out, "finetune", overwrite=overwrite, inputs=inputs, is_residue=only_scratch
+    ) as claim:
+        tmp = claim.scratch(SCRATCH)
+        try:
+            result = _finetune_into(cfg, spec, data, train, dev, ref, tokenizer, device, tmp)
+            claim.publish(tmp, last="metrics.json")
+        except BaseException:  # Ctrl-C included: no half-written results stay behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    spread = result["summary"][result["main_split"]]["score"]
     log.info(
-        "%s: %d train examples (of %d), dev %s, model %s, device %s",
+        "%s score median %.4f (min %.4f, max %.4f over %d seeds) -> %s",
         spec.title,
-        len(train),
-        len(data.train),
-        {k: len(v) for k, v in dev.items()},
-        cfg.model,
-        device,
+        spread["median"],
+        spread["min"],
+        spread["max"],
+        len(result["runs"]),
+        Path(cfg.out) / "metrics.json",
     )
+    return result
 
+
+SCRATCH = ".tmp-results"
+"""Where finetune, zeroshot and squad build their output before moving it into ``out``."""
+
+
+def only_scratch(claim) -> bool:
+    """An output folder that holds only the scratch folder of a killed run: no results, so it
+    is cleared without --overwrite."""
+    return all(p.name == SCRATCH for p in claim.contents())
+
+
+def _finetune_into(
+    cfg: FinetuneConfig,
+    spec: TaskSpec,
+    data,
+    train: list[Example],
+    dev: dict[str, list[Example]],
+    ref: str,
+    tokenizer,
+    device: torch.device,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Train every seed and write the results into ``tmp``: metrics.json and (save_model)
+    seed-N/model."""
+    log_plan(
+        log,
+        "finetune",
+        {
+            "task": f"{spec.title} from {cfg.data_dir}",
+            "model": cfg.model,
+            "data": f"{len(train):,} train examples (of {len(data.train):,}); dev "
+            + ", ".join(f"{split} {len(ex):,}" for split, ex in dev.items()),
+            "epochs": f"{cfg.epochs}"
+            + (f", at most {cfg.max_steps} steps" if cfg.max_steps else "")
+            + f"; {cfg.seeds} seed(s) from {cfg.seed}",
+            "batch": batch_text(cfg.batch_size),
+            "lr": cfg.lr,
+            "precision": "bf16 autocast" if cfg.bf16 else "fp32",
+            "device": f"{device}, threads {torch.get_num_threads()}",
+            "output": Path(cfg.out),
+        },
+    )
     runs, parameters = [], None
     for i in range(cfg.seeds):
         seed = cfg.seed + i
@@ -463,7 +699,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if parameters is None:
             parameters = count_parameters(model.base_model)
         if cfg.save_model:
-            model_dir = out / f"seed-{seed}" / "model"
+            model_dir = tmp / f"seed-{seed}" / "model"
             model.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
         del model
@@ -487,15 +723,5 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "config": to_dict(cfg),
         "environment": environment(),
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    spread = summary[main]["score"]
-    log.info(
-        "%s score median %.4f (min %.4f, max %.4f over %d seeds) -> %s",
-        spec.title,
-        spread["median"],
-        spread["min"],
-        spread["max"],
-        len(runs),
-        out / "metrics.json",
-    )
+    (tmp / "metrics.json").write_text(result_json(result), encoding="utf-8")
     return result

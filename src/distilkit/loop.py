@@ -15,7 +15,6 @@ A checkpoint therefore needs only weights, optimizer/scheduler/scaler state and 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -23,6 +22,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,9 +36,26 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from distilkit.data import TokenDataset
+from distilkit.checkpoints import (
+    compare_settings,
+    find_checkpoint,
+    finite_number,
+    flatten,
+    nonfinite_parameters,
+    save_checkpoint,
+    start_branch,
+    verify_checkpoint,  # noqa: F401 (re-exported)
+    write_failure,
+)
+from distilkit.config import to_dict
+from distilkit.data import TokenDataset, dataset_fingerprint
 from distilkit.errors import DistilkitError
 from distilkit.masking import MaskingConfig, mask_batch, token_weights
+from distilkit.plan import batch_text, log_plan
+from distilkit.runfolder import claim_folder, fsync_dir, fsync_tree
+
+# Checkpoint I/O lives in distilkit.checkpoints; callers of earlier versions import it from here.
+_write_failure = write_failure
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +67,11 @@ class OptimConfig:
     """AdamW and schedule (defaults: the reference implementation's)."""
 
     lr: float = 5e-4
+    """Peak learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW's beta1 and beta2."""
     eps: float = 1e-6
+    """AdamW's epsilon."""
     weight_decay: float = 0.0
     """Not applied to biases and LayerNorm weights."""
     warmup_ratio: float = 0.05
@@ -59,10 +80,24 @@ class OptimConfig:
     """Gradient clipping (0: off)."""
 
     def validate(self) -> None:
+        # NaN passes every comparison, so each number is checked for finiteness explicitly: a
+        # NaN lr or eps would otherwise train a model of NaN weights (and eps=0 divides by 0
+        # wherever a gradient is 0).
+        finite_number("optim.lr", self.lr)
         if self.lr <= 0:
-            raise DistilkitError("optim.lr must be > 0")
+            raise DistilkitError(f"optim.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2:
             raise DistilkitError("optim.betas must hold two numbers")
+        for i, b in enumerate(self.betas):
+            finite_number(f"optim.betas[{i}]", b, 0.0, 1.0)
+            if b >= 1.0:
+                raise DistilkitError(f"optim.betas[{i}] must be < 1, got {b}")
+        finite_number("optim.eps", self.eps)
+        if self.eps <= 0:
+            raise DistilkitError(f"optim.eps must be > 0, got {self.eps}")
+        finite_number("optim.weight_decay", self.weight_decay, 0.0)
+        finite_number("optim.max_grad_norm", self.max_grad_norm, 0.0)
+        finite_number("optim.warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         if not 0 <= self.warmup_ratio < 1:
             raise DistilkitError("optim.warmup_ratio must be in [0, 1)")
 
@@ -78,14 +113,17 @@ class TrainConfig:
     max_steps: int = 0
     """Optimizer steps to run; 0 means run ``epochs`` epochs."""
     epochs: int = 3
+    """Passes over the training split when max_steps is 0."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """bf16 autocast (CPU and GPU), fp16 autocast with loss scaling (GPU only), or fp32. 'auto':
     bf16 on a GPU that supports it and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32;
     on an AVX2-only CPU bf16 is emulated and ~9x slower than fp32 (measured, docs/results)."""
     seed: int = 56
+    """Seed of the batch order, the masks and dropout."""
     group_by_length: bool = True
     """Batch sequences of similar length together to cut padding."""
     log_every: int = 10
+    """Log and record the training losses every N optimizer steps."""
     eval_every: int = 0
     """Validate every N optimizer steps (0: only at the end)."""
     eval_batches: int = 20
@@ -94,6 +132,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Checkpoint every N optimizer steps (0: never)."""
     keep_checkpoints: int = 2
+    """Newest checkpoints kept; older ones are deleted."""
     num_workers: int = 0
     """DataLoader worker processes preparing and masking batches."""
     threads: int = 0
@@ -108,6 +147,9 @@ class TrainConfig:
     halt_at_step: int = 0
     """End this process after that optimizer step with a checkpoint but no final model, to be
     continued with --resume (time-limited job slots; also how resume is tested). 0: off."""
+    allow_changes: list[str] = field(default_factory=list)
+    """Settings that may differ from the checkpoint's on --resume, e.g. [loss.alpha_cos,
+    train.optim.lr, train.max_steps]; any other difference stops the resume. Recorded."""
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accumulation", "log_every"):
@@ -117,6 +159,7 @@ class TrainConfig:
             raise DistilkitError("set train.max_steps > 0 or train.epochs > 0")
         if self.keep_checkpoints < 1:
             raise DistilkitError("train.keep_checkpoints must be >= 1")
+        self.optim.validate()
 
 
 class Objective(Protocol):
@@ -386,133 +429,96 @@ def autocast_for(precision: str, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Output folder and checkpoints
+# Output folder
 
 
-def prepare_out_dir(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> None:
-    """Refuse to mix runs: an existing run needs --resume or --overwrite."""
+def claim_run_folder(
+    out: Path, stage: str, resume: bool, overwrite: bool, inputs: dict, rt: Runtime
+) -> contextlib.AbstractContextManager:
+    """Lock ``out`` for this run (rank 0 holds the lock; the other ranks wait for it).
+
+    An existing run needs --resume or --overwrite; --overwrite deletes only distilkit's own
+    output without any of ``inputs`` in it. What a failed start left (a built student, an empty
+    checkpoints folder, a run marker) holds no work and is cleared, so it never blocks a rerun.
+    """
+    claim: contextlib.AbstractContextManager = contextlib.nullcontext()
     if rt.main:
-        if out.exists() and not out.is_dir():
-            raise DistilkitError(f"output path {out} is a file")
-        busy = out.exists() and any(out.iterdir())
-        if busy and not resume:
-            if not overwrite:
-                raise DistilkitError(
-                    f"output folder {out} already holds files (use --resume to continue a run, "
-                    "or --overwrite to replace it)"
-                )
-            ours = (
-                out / RUN_MARKER,
-                out / "checkpoints",
-                out / "student-init" / "distilkit_student.json",
-            )
-            if not any(p.exists() for p in ours):
-                raise DistilkitError(
-                    f"output folder {out} holds files that are not a distilkit run; "
-                    "refusing to delete them even with --overwrite"
-                )
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        claim = claim_folder(
+            out,
+            stage,
+            overwrite=overwrite,
+            inputs=inputs,
+            resume=resume,
+            is_residue=_holds_no_work,
+        )
     _barrier(rt)
+    return claim
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _holds_no_work(claim) -> bool:
+    """Whether a run folder holds only what a run leaves before its first step."""
+    residue = {RUN_MARKER, "student-init", "checkpoints", "tensorboard", "metrics.jsonl"}
+    for p in claim.contents():
+        if p.name not in residue:
+            return False
+        if p.name == "checkpoints" and any(p.iterdir()):
+            return False
+        if p.name == "metrics.jsonl" and p.stat().st_size > 0:
+            return False
+    return True
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, state: dict, keep: int) -> Path:
-    """Write ``step-NNNNNNNN`` atomically: a temporary folder, checksums, then one rename."""
-    final = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f".tmp-step-{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(state.pop("optimizer"), tmp / "optimizer.pt")
-        torch.save(state.pop("scheduler"), tmp / "scheduler.pt")
-        scaler = state.pop("scaler", None)
-        if scaler is not None:
-            torch.save(scaler, tmp / "scaler.pt")
-        torch.save(state.pop("rng"), tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / "checksums.json").write_text(json.dumps(sums, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        failure = _write_failure(exc, f"checkpoint {final}", ckpt_root)
-        if failure is not None:
-            raise failure from exc
-        raise
-    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+# ---------------------------------------------------------------------------------------------
+# Stopping: non-finite values and SIGTERM
 
 
-def _write_failure(exc: BaseException, what: str, where: Path) -> DistilkitError | None:
-    """One clear line for a failed write (disk full, quota, I/O error); None for other errors.
+class Preempted(DistilkitError):
+    """The run stopped on SIGTERM after writing a checkpoint; ``--resume`` continues it."""
 
-    Disk full shows up as OSError(ENOSPC) from Python writes, as a SafetensorError "(os error
-    28)" from safetensors and as a RuntimeError "unexpected pos" from torch.save's zip writer.
-    """
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
-        m in text for m in ("No space left", "os error 28", "Disk quota")
-    )
-    if not (full or isinstance(exc, OSError) or "I/O error" in text or "unexpected pos" in text):
-        return None
-    try:
-        free = f"; {shutil.disk_usage(where).free / 2**20:,.0f} MiB free there"
-    except OSError:
-        free = ""
-    cause = "no space left on device (disk full)" if full else f"write failed ({text})"
-    return DistilkitError(f"cannot write {what}: {cause}{free}; nothing partial was kept")
+    exit_code = 75  # EX_TEMPFAIL: "try again"; schedulers can requeue on it
 
 
-def verify_checkpoint(path: Path) -> str | None:
-    """``None`` when every file matches its checksum, else what is wrong."""
-    sums_file = path / "checksums.json"
-    if not sums_file.is_file():
-        return "no checksums.json (torn write?)"
-    try:
-        sums = json.loads(sums_file.read_text())
-    except json.JSONDecodeError:
-        return "checksums.json is corrupt"
-    for name, digest in sums.items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum"
+class _SigtermFlag:
+    """SIGTERM (a scheduler's preemption, ``kill``) only sets a flag; the loop checkpoints at the
+    next step boundary and stops. A second SIGTERM kills at once (the default action)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.requested = True
+        log.warning("SIGTERM received: stopping after this step with a checkpoint")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which stops them itself: a
+    process-group SIGTERM must not kill a worker in the middle of the step being finished."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _nonfinite_message(step: int, values: dict[str, float], grad_norm: float) -> str | None:
+    """What is non-finite at this step (loss parts first, then the gradient), or None."""
+    bad = [n for n, v in values.items() if not math.isfinite(v)]
+    if bad:
+        return f"non-finite loss at step {step}: {', '.join(bad)} = " + ", ".join(
+            str(values[n]) for n in bad
+        )
+    if not math.isfinite(grad_norm):
+        return f"non-finite gradient at step {step} (norm {grad_norm}, losses finite)"
     return None
-
-
-def find_checkpoint(out: Path, explicit: str | None) -> Path:
-    """The checkpoint to resume from: ``explicit``, or the newest valid one under ``out``.
-
-    Falls back to an older checkpoint (with a warning) when the newest is torn or corrupt, and
-    never returns nothing: asking to resume with no usable checkpoint is an error.
-    """
-    if explicit:
-        path = Path(explicit)
-        problem = verify_checkpoint(path) if path.is_dir() else "not a folder"
-        if problem:
-            raise DistilkitError(f"cannot resume from {path}: {problem}")
-        return path
-    candidates = sorted((out / "checkpoints").glob("step-*"), reverse=True)
-    for path in candidates:
-        problem = verify_checkpoint(path)
-        if problem is None:
-            return path
-        log.warning("checkpoint %s is unusable (%s); trying an older one", path.name, problem)
-    raise DistilkitError(f"--resume was given but {out}/checkpoints holds no usable checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,10 +530,31 @@ class LoopResult:
     steps: int
     tokens: int
     seconds: float
+    """Training time of the whole run, summed over the segments of a resumed run."""
     final_eval: dict[str, float]
     nonfinite_skipped: int
     history: list[dict]
     halted: bool = False
+    changes: list[dict] = field(default_factory=list)
+    """Settings changed on purpose at a resume: ``{"step", "checkpoint", "changed"}``."""
+
+
+@dataclass
+class Position:
+    """Where a run is, and what it has counted: everything a checkpoint holds besides the
+    model, optimizer, scheduler and scaler states."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0
+    """Micro-batches of ``epoch`` consumed; a multiple of grad_accumulation at a checkpoint."""
+    tokens: int = 0
+    skipped: int = 0
+    """Optimizer steps skipped for non-finite values."""
+    seconds: float = 0.0
+    """Training time so far, over all segments of the run."""
+    history: list[dict] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)
 
 
 def run(
@@ -540,171 +567,136 @@ def run(
     rt: Runtime,
     resume: bool | str = False,
     run_info: dict | None = None,
+    settings: dict | None = None,
 ) -> LoopResult:
     """Train ``objective.train_module()`` and return what happened.
 
     ``model_to_save`` is the (unwrapped) Hugging Face model whose weights the checkpoints hold.
+    ``settings`` are the caller's settings that shape the trajectory (teacher, student, losses as
+    flat ``key: value``); with the loop's own (data, batch, seed, optimizer, ...) they are saved
+    in every checkpoint and compared on resume.
     """
-    train = TokenDataset(data_dir, "train")
-    val = TokenDataset(data_dir, "validation")
-    specials = train.special_ids
-    weights = token_weights(train.token_counts(), list(specials.values()), masking.smoothing)
-
-    # Steps and epochs.
-    per_epoch = (
-        len(
-            epoch_batches(
-                train.lengths,
-                cfg.batch_size,
-                cfg.seed,
-                0,
-                cfg.group_by_length,
-                rt.world,
-                rt.rank,
-                cfg.grad_accumulation,
-            )
-        )
-        // cfg.grad_accumulation
-    )
-    if per_epoch == 0:
-        raise DistilkitError(
-            f"the training split has too few sequences ({len(train)}) for batch_size "
-            f"{cfg.batch_size} x grad_accumulation {cfg.grad_accumulation} x {rt.world} processes"
-        )
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.epochs
-
-    module = objective.train_module()
-    if rt.world > 1:
-        ddp_kwargs = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
-        ddp_kwargs["find_unused_parameters"] = getattr(objective, "find_unused", False)
-        module = nn.parallel.DistributedDataParallel(module, **ddp_kwargs)
-    step_module = torch.compile(module) if cfg.compile else module
-    optimizer = build_optimizer(module, cfg.optim, rt.device)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.optim.warmup_ratio)
-    precision = resolve_precision(cfg.precision, rt.device)
+    cfg.validate()
+    trainer = _Trainer(objective, model_to_save, data_dir, masking, cfg, out, rt, settings or {})
     if rt.main:
-        log.info(
-            "precision %s on %s, %d process(es), %d optimizer steps",
-            precision,
-            rt.device,
-            rt.world,
-            total_steps,
-        )
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
-    step, epoch, cursor, tokens, skipped, history = 0, 0, 0, 0, 0, []
-    ckpt_root = out / "checkpoints"
+        trainer.log_plan(run_info, resume)
     if resume:
-        path = find_checkpoint(out, resume if isinstance(resume, str) else None)
-        state = json.loads((path / "trainer_state.json").read_text())
-        if state["world_size"] != rt.world:
-            raise DistilkitError(
-                f"checkpoint {path} was written by {state['world_size']} processes; resume with "
-                f"the same number (got {rt.world})"
-            )
-        from safetensors.torch import load_file
+        trainer.resume(resume if isinstance(resume, str) else None)
+    return trainer.train(run_info)
 
-        weights_file = path / "model.safetensors"
-        missing, unexpected = model_to_save.load_state_dict(
-            load_file(weights_file, device=str(rt.device)), strict=False
+
+class _Trainer:
+    """One run of the loop. Where to look:
+
+    - ``step``: one optimizer step (accumulation window, forward/backward, clip, apply);
+    - ``_guard``: the non-finite guard (losses and gradients; parameters before every save);
+    - ``checkpoint`` and ``resume``: what a checkpoint holds and how a run continues from one;
+    - ``train``: the schedule of steps, logging, evaluation, halting and SIGTERM.
+    """
+
+    def __init__(self, objective, model_to_save, data_dir, masking, cfg, out, rt, settings):
+        self.objective, self.model_to_save, self.cfg, self.out, self.rt = (
+            objective,
+            model_to_save,
+            cfg,
+            Path(out),
+            rt,
         )
-        tied = set(getattr(model_to_save, "_tied_weights_keys", None) or [])
-        # save_pretrained stores tied tensors once; anything else missing is a real mismatch.
-        real_missing = [
-            k
-            for k in missing
-            if k not in tied
-            and not k.endswith("decoder.weight")
-            and not k.endswith("vocab_projector.weight")
-        ]
-        if real_missing or unexpected:
-            raise DistilkitError(
-                f"checkpoint {path} does not fit this model (missing {real_missing[:3]}, "
-                f"unexpected {unexpected[:3]}); was it written by a different run?"
-            )
-        model_to_save.tie_weights()
-        optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=rt.device, weights_only=True)
+        self.masking = masking
+        self.train_data = TokenDataset(data_dir, "train")
+        self.val_data = TokenDataset(data_dir, "validation")
+        vocab = model_to_save.get_input_embeddings().num_embeddings
+        for split in (self.train_data, self.val_data):
+            split.check_ids(vocab)
+        self.specials = self.train_data.special_ids
+        self.weights = token_weights(
+            self.train_data.token_counts(), list(self.specials.values()), masking.smoothing
         )
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        if scaler is not None and (path / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
-        step, epoch, cursor = state["step"], state["epoch"], state["cursor"]
-        tokens, skipped = state["tokens"], state["nonfinite_skipped"]
-        history = state.get("history", [])
-        if rt.main:
-            _truncate_metrics(out / "metrics.jsonl", step)
-            log.info(
-                "resumed from %s at step %d (epoch %d, micro-batch %d)", path, step, epoch, cursor
+        self.total_steps = self._total_steps()
+        self.settings = {
+            "data": dataset_fingerprint(data_dir),
+            "world_size": rt.world,
+            **flatten("train", to_dict(cfg)),
+            **flatten("masking", to_dict(masking)),
+            **settings,
+        }
+
+        self.module = objective.train_module()
+        if rt.world > 1:
+            ddp_kwargs = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
+            ddp_kwargs["find_unused_parameters"] = getattr(objective, "find_unused", False)
+            self.module = nn.parallel.DistributedDataParallel(self.module, **ddp_kwargs)
+        self.step_module = torch.compile(self.module) if cfg.compile else self.module
+        self.optimizer = build_optimizer(self.module, cfg.optim, rt.device)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim.warmup_ratio)
+        self.precision = resolve_precision(cfg.precision, rt.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.pos = Position()
+        self.ckpt_root = self.out / "checkpoints"
+        self.resumed_from: Path | None = None
+        self.saved_step = -1  # the step of the newest checkpoint this run holds
+        # An objective may turn token batches into its own inputs (sentence spans, ...).
+        self.prepare_batch = getattr(objective, "prepare_batch", None) or (lambda b: b)
+
+    def _total_steps(self) -> int:
+        cfg, rt = self.cfg, self.rt
+        batches = epoch_batches(
+            self.train_data.lengths,
+            cfg.batch_size,
+            cfg.seed,
+            0,
+            cfg.group_by_length,
+            rt.world,
+            rt.rank,
+            cfg.grad_accumulation,
+        )
+        per_epoch = self.per_epoch = len(batches) // cfg.grad_accumulation
+        if per_epoch == 0:
+            raise DistilkitError(
+                f"the training split has too few sequences ({len(self.train_data)}) for "
+                f"batch_size {cfg.batch_size} x grad_accumulation {cfg.grad_accumulation} x "
+                f"{rt.world} processes"
             )
+        return cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.epochs
 
-    writer = None
-    metrics_file = None
-    if rt.main:
-        from torch.utils.tensorboard import SummaryWriter
+    def log_plan(self, run_info: dict | None, resume: bool | str) -> None:
+        """The block that opens the log: inputs, sizes, steps, batch, precision, output."""
+        cfg, rt, info = self.cfg, self.rt, run_info or {}
+        log_plan(
+            log,
+            info.get("stage", "training"),
+            {
+                "teacher": info.get("teacher"),
+                "student": info.get("student_init"),
+                "data": f"{self.train_data.root}: {len(self.train_data):,} train, "
+                f"{len(self.val_data):,} validation sequences",
+                "steps": f"{self.total_steps:,} optimizer steps"
+                + (f" ({cfg.epochs} epochs)" if cfg.max_steps <= 0 else "")
+                + f", {self.per_epoch:,} per epoch",
+                "batch": batch_text(cfg.batch_size, cfg.grad_accumulation, rt.world),
+                "precision": self.precision + (" (auto)" if cfg.precision == "auto" else ""),
+                "device": f"{rt.device}, threads {torch.get_num_threads()} per process",
+                "output": self.out,
+                "resume": (resume if isinstance(resume, str) else "newest checkpoint")
+                if resume
+                else None,
+            },
+        )
 
-        writer = SummaryWriter(str(out / "tensorboard"))
-        metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed at the end of run)
-        if run_info is not None:
-            (out / RUN_MARKER).write_text(json.dumps(run_info, indent=2, default=str) + "\n")
+    # -- one optimizer step ---------------------------------------------------------------
 
-    val_batches = _validation_batches(val, cfg.eval_batches, specials)
-    # An objective may turn token batches into its own inputs (sentence spans, ...).
-    prepare_batch = getattr(objective, "prepare_batch", None) or (lambda b: b)
-    val_batches = [prepare_batch(b) for b in val_batches]
+    def step(self, batches: Iterator) -> tuple[dict[str, float], float, int, bool]:
+        """Run one accumulation window; apply it unless ``_guard`` refuses.
 
-    def log_record(record: dict) -> None:
-        if not rt.main:
-            return
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        for k, v in record.items():
-            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                writer.add_scalar(f"{record['kind']}/{k}", v, record["step"])
-
-    def checkpoint() -> None:
-        if rt.main:
-            state = {
-                "step": step,
-                "epoch": epoch,
-                "cursor": cursor,
-                "tokens": tokens,
-                "nonfinite_skipped": skipped,
-                "world_size": rt.world,
-                "total_steps": total_steps,
-                "history": history[-200:],
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                },
-            }
-            path = save_checkpoint(ckpt_root, step, model_to_save, state, cfg.keep_checkpoints)
-            log.info("checkpoint %s", path)
-        _barrier(rt)
-
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        disable=not rt.main,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    start = time.time()
-    window_tokens = 0
-    window_start = time.time()
-    consecutive_bad = 0
-    batches_iter = _micro_batches(train, weights, masking, cfg, rt, epoch, cursor)
-    module.train()
-    while step < total_steps:
+        Returns ``(loss parts summed over the window and ranks, grad norm, real tokens of this
+        rank, SIGTERM seen by any rank)``. The position moves on either way: the batches are
+        consumed.
+        """
+        cfg, rt, objective = self.cfg, self.rt, self.objective
         micro = []
         for _ in range(cfg.grad_accumulation):
-            epoch, cursor, batch = next(batches_iter)
-            micro.append(prepare_batch(batch))
+            self.pos.epoch, self.pos.cursor, batch = next(batches)
+            micro.append(self.prepare_batch(batch))
         # Normalisers: rows of each loss over the whole window and all ranks.
         rows = {name: 0 for name in objective.part_names}
         for b in micro:
@@ -719,113 +711,381 @@ def run(
         norms = {n: max(float(v), 1.0) for n, v in rows.items()}
 
         parts_sum = {n: torch.zeros((), device=rt.device) for n in objective.part_names}
-        step_tokens = sum(b["n_tokens"] for b in micro)
         for i, b in enumerate(micro):
-            torch.manual_seed(_mix(cfg.seed, step, i, rt.rank))  # dropout, resumable
+            torch.manual_seed(_mix(cfg.seed, self.pos.step, i, rt.rank))  # dropout, resumable
             b = to_device(b, rt.device)
             sync = (
-                module.no_sync()
+                self.module.no_sync()
                 if rt.world > 1 and i < len(micro) - 1
                 else contextlib.nullcontext()
             )
             with sync:
-                with autocast_for(precision, rt.device):
-                    parts = objective.losses(step_module, b, norms)
+                with autocast_for(self.precision, rt.device):
+                    parts = objective.losses(self.step_module, b, norms)
                 # DDP averages gradients over ranks; the normalisers already count all ranks.
                 loss = sum(objective.weights[n] * parts[n] for n in parts) * rt.world
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             for n, v in parts.items():
                 parts_sum[n] += v.detach().float()
-        cursor += 1  # cursor counts micro-batches consumed; checkpoints fall on window ends
+        self.pos.cursor += 1  # counts micro-batches consumed; checkpoints fall on window ends
 
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        max_norm = cfg.optim.max_grad_norm
-        params = [p for p in module.parameters() if p.grad is not None]
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if max_norm > 0
-            else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self._clip()
+        # One small reduction per step: the loss parts (logging and the finite check), whether
+        # the gradient is finite, and whether any rank got SIGTERM, so every rank decides alike.
+        # With fp16 an infinite gradient is the loss scaler's business (it skips the step and
+        # lowers the scale), not an error.
+        grad_bad = (
+            (~torch.isfinite(grad_norm)).float()
+            if self.scaler is None
+            else torch.zeros((), device=rt.device)
         )
-        # One small reduction per step: loss parts for logging and the finite check.
-        stats = torch.stack([parts_sum[n] for n in objective.part_names])
+        stop = torch.tensor(float(self.sigterm.requested), device=rt.device)
+        flags = torch.stack([grad_bad.to(rt.device), stop])
+        stats = torch.cat([torch.stack([parts_sum[n] for n in objective.part_names]), flags])
         if rt.world > 1:
             dist.all_reduce(stats)
-        values = dict(zip(objective.part_names, stats.tolist()))
-        bad = [n for n, v in values.items() if not math.isfinite(v)]
-        if bad:
-            skipped += 1
-            consecutive_bad += 1
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.update()
-            msg = f"non-finite loss at step {step + 1}: {', '.join(bad)} = " + ", ".join(
-                str(values[n]) for n in bad
-            )
-            if cfg.on_nonfinite == "stop" or consecutive_bad >= cfg.max_nonfinite:
-                bar.close()
-                if rt.main:
-                    log.error("%s; stopping (last good checkpoint kept)", msg)
-                raise DistilkitError(f"{msg}; stopped with the last good checkpoint kept")
-            if rt.main:
-                log.warning("%s; step skipped (%d so far)", msg, skipped)
-            continue
-        consecutive_bad = 0
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        tokens += step_tokens * rt.world
-        window_tokens += step_tokens
-        bar.update(1)
+        *parts_list, grad_flag, stop_flag = stats.tolist()
+        values = dict(zip(objective.part_names, parts_list))
+        norm = math.inf if grad_flag > 0 else float(grad_norm)
+        if self._guard(values, norm):
+            self._apply()
+            self.pos.tokens += sum(b["n_tokens"] for b in micro) * rt.world
+        return values, norm, sum(b["n_tokens"] for b in micro), stop_flag > 0
 
-        if step % cfg.log_every == 0 or step == total_steps:
-            elapsed = time.time() - window_start
-            record = {
-                "kind": "train",
-                "step": step,
-                "epoch": epoch,
-                "loss": sum(objective.weights[n] * values[n] for n in values),
-                **{f"loss_{n}": v for n, v in values.items()},
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": window_tokens * rt.world / max(elapsed, 1e-9),
-            }
-            history.append({k: record[k] for k in ("step", "loss")})
-            del history[:-200]  # flat memory over long runs; metrics.jsonl has every record
-            log_record(record)
-            bar.set_postfix(
-                {n: f"{v:.3f}" for n, v in values.items()}
-                | {"tok/s": f"{record['tokens_per_s']:.0f}"}
+    def _clip(self) -> torch.Tensor:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.cfg.optim.max_grad_norm
+        if max_norm > 0:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+
+    def _apply(self) -> None:
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+
+    # -- the non-finite guard --------------------------------------------------------------
+
+    def _guard(self, values: dict[str, float], grad_norm: float) -> bool:
+        """True when the step may be applied. A NaN/inf loss part or gradient norm drops the
+        window's gradients (``skip``: counted, the run goes on; ``stop``, or
+        ``max_nonfinite`` in a row: the run ends with its checkpoints intact)."""
+        msg = _nonfinite_message(self.pos.step + 1, values, grad_norm)
+        if msg is None:
+            self.consecutive_bad = 0
+            return True
+        self.pos.skipped += 1
+        self.consecutive_bad += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        if self.cfg.on_nonfinite == "stop" or self.consecutive_bad >= self.cfg.max_nonfinite:
+            if self.rt.main:
+                log.error("%s; stopping (last good checkpoint kept)", msg)
+            raise DistilkitError(f"{msg}; stopped with the last good checkpoint kept")
+        if self.rt.main:
+            log.warning("%s; step skipped (%d so far)", msg, self.pos.skipped)
+        return False
+
+    def _check_parameters(self, what: str) -> None:
+        """Refuse to save a model with NaN/inf weights (finite losses and gradients do not rule
+        it out: an update can still overflow)."""
+        bad = nonfinite_parameters(self.model_to_save)
+        if bad:
+            raise DistilkitError(
+                f"the model's weights are not finite after step {self.pos.step} ({len(bad)} "
+                f"tensors, e.g. {bad[0]}); {what} was not written; the last good checkpoint is "
+                "kept"
             )
-            window_tokens, window_start = 0, time.time()
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            _evaluate(objective, module, val_batches, rt, step, log_record)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint()
-        if cfg.halt_at_step and step == cfg.halt_at_step and step < total_steps:
-            if not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                checkpoint()
-            bar.close()
-            if writer is not None:
-                writer.close()
-                metrics_file.close()
-            if rt.main:
-                log.info("halted at step %d as asked; continue with --resume", step)
-            return LoopResult(step, tokens, time.time() - start, {}, skipped, history, True)
-    bar.close()
-    seconds = time.time() - start
-    final = _evaluate(objective, module, val_batches, rt, step, log_record)
-    if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
-        checkpoint()
-    if writer is not None:
-        writer.close()
-        metrics_file.close()
-    return LoopResult(step, tokens, seconds, final, skipped, history)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        path = self.ckpt_root / f"step-{self.pos.step:08d}"
+        if self.rt.main:
+            self._check_parameters(f"checkpoint {path.name}")
+            p = self.pos
+            state = {
+                "step": p.step,
+                "epoch": p.epoch,
+                "cursor": p.cursor,
+                "tokens": p.tokens,
+                "nonfinite_skipped": p.skipped,
+                "seconds": self._seconds(),
+                "world_size": self.rt.world,
+                "total_steps": self.total_steps,
+                "history": p.history[-200:],
+                "settings": self.settings,
+                "changes": p.changes,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                },
+            }
+            path = save_checkpoint(
+                self.ckpt_root, p.step, self.model_to_save, state, self.cfg.keep_checkpoints
+            )
+            log.info("checkpoint %s", path)
+        self.saved_step = self.pos.step
+        _barrier(self.rt)
+        return path
+
+    def resume(self, explicit: str | None) -> None:
+        """Load the checkpoint (``explicit``, or the newest valid one) after checking that it
+        belongs to this run: same process count, same weights layout, same settings (but for
+        the changes ``train.allow_changes`` names, which are recorded)."""
+        rt, out = self.rt, self.out
+        path = find_checkpoint(out, explicit)
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["world_size"] != rt.world:
+            raise DistilkitError(
+                f"checkpoint {path} was written by {state['world_size']} processes; resume with "
+                f"the same number (got {rt.world})"
+            )
+        changed = compare_settings(
+            path, state.get("settings"), self.settings, self.cfg.allow_changes
+        )
+        if state["step"] > self.total_steps:
+            raise DistilkitError(
+                f"checkpoint {path} is at step {state['step']}, past this run's "
+                f"{self.total_steps} steps"
+            )
+        self._load_weights(path)
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=rt.device, weights_only=True)
+        )
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        # The schedule continues from the saved step with this run's lr and length (equal to
+        # the checkpoint's unless train.allow_changes let them change).
+        lr = self.cfg.optim.lr
+        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(self.scheduler.last_epoch)
+        if self.scaler is not None and (path / "scaler.pt").is_file():
+            self.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        self.pos = Position(
+            step=state["step"],
+            epoch=state["epoch"],
+            cursor=state["cursor"],
+            tokens=state["tokens"],
+            skipped=state["nonfinite_skipped"],
+            seconds=float(state.get("seconds", 0.0)),
+            history=state.get("history", []),
+            changes=list(state.get("changes", [])),
+        )
+        if changed:
+            self.pos.changes.append(
+                {"step": self.pos.step, "checkpoint": str(path), "changed": changed}
+            )
+        self.resumed_from = path
+        self.saved_step = self.pos.step
+        if rt.main:
+            if explicit:
+                start_branch(self.ckpt_root, path)
+            _truncate_metrics(out / "metrics.jsonl", self.pos.step)
+            log.info(
+                "resumed from %s at step %d (epoch %d, micro-batch %d)",
+                path,
+                self.pos.step,
+                self.pos.epoch,
+                self.pos.cursor,
+            )
+
+    def _load_weights(self, path: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        model = self.model_to_save
+        try:
+            saved = load_file(path / "model.safetensors", device=str(self.rt.device))
+            missing, unexpected = model.load_state_dict(saved, strict=False)
+        except (SafetensorError, RuntimeError) as exc:
+            # A size mismatch: a checkpoint of another architecture (width, vocabulary, ...).
+            detail = " ".join(str(exc).split())[:300]
+            raise DistilkitError(
+                f"checkpoint {path} does not fit this model ({detail}); was it written by a "
+                "different run?"
+            ) from exc
+        tied = set(getattr(model, "_tied_weights_keys", None) or [])
+        # save_pretrained stores tied tensors once; anything else missing is a real mismatch.
+        real_missing = [
+            k
+            for k in missing
+            if k not in tied
+            and not k.endswith("decoder.weight")
+            and not k.endswith("vocab_projector.weight")
+        ]
+        if real_missing or unexpected:
+            raise DistilkitError(
+                f"checkpoint {path} does not fit this model (missing {real_missing[:3]}, "
+                f"unexpected {unexpected[:3]}); was it written by a different run?"
+            )
+        model.tie_weights()
+        bad = nonfinite_parameters(model)
+        if bad:
+            raise DistilkitError(
+                f"checkpoint {path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                "resume from an earlier one with --resume-from"
+            )
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def train(self, run_info: dict | None) -> LoopResult:
+        """Steps until ``total_steps`` (or a halt, a stop, SIGTERM), then the final evaluation."""
+        cfg, rt, out = self.cfg, self.rt, self.out
+        self.writer = self.metrics_file = None
+        if rt.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+            self.metrics_file = open(out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in _close)
+            if run_info is not None:
+                _write_run_marker(out, run_info, self.pos.changes)
+        self.val_batches = [
+            self.prepare_batch(b)
+            for b in _validation_batches(self.val_data, cfg.eval_batches, self.specials)
+        ]
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.pos.step,
+            desc="train",
+            disable=not rt.main,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        self.segment_start = time.time()
+        self.consecutive_bad = 0
+        self.window = (0, time.time())  # (tokens, start) since the last train record
+        batches = _micro_batches(
+            self.train_data, self.weights, self.masking, cfg, rt, self.pos.epoch, self.pos.cursor
+        )
+        self.module.train()
+        try:
+            with _SigtermFlag() as self.sigterm:
+                while self.pos.step < self.total_steps:
+                    before = self.pos.step
+                    values, grad_norm, step_tokens, stop = self.step(batches)
+                    if self.pos.step > before:
+                        self._record(values, grad_norm, step_tokens)
+                    if self._after_step(applied=self.pos.step > before, stop=stop):
+                        return self._result({}, halted=True)
+            self.bar.close()
+            seconds = self._seconds()
+            final = _evaluate(
+                self.objective, self.module, self.val_batches, rt, self.pos.step, self._log
+            )
+            if cfg.checkpoint_every and self.pos.step % cfg.checkpoint_every != 0:
+                self.checkpoint()
+            return self._result(final, seconds=seconds)
+        finally:
+            self.bar.close()
+            batches.close()  # stops DataLoader workers now, also on an error or SIGTERM
+            self._close()
+
+    def _record(self, values: dict[str, float], grad_norm: float, step_tokens: int) -> None:
+        """Progress bar, and every ``log_every`` steps a train record (metrics.jsonl, TB)."""
+        cfg, step = self.cfg, self.pos.step
+        tokens, start = self.window
+        tokens += step_tokens
+        self.window = (tokens, start)
+        self.bar.update(1)
+        if step % cfg.log_every and step != self.total_steps:
+            return
+        record = {
+            "kind": "train",
+            "step": step,
+            "epoch": self.pos.epoch,
+            "loss": sum(self.objective.weights[n] * values[n] for n in values),
+            **{f"loss_{n}": v for n, v in values.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens * self.rt.world / max(time.time() - start, 1e-9),
+        }
+        self.pos.history.append({k: record[k] for k in ("step", "loss")})
+        del self.pos.history[:-200]  # flat memory over long runs; metrics.jsonl has it all
+        self._log(record)
+        self.bar.set_postfix(
+            {n: f"{v:.3f}" for n, v in values.items()} | {"tok/s": f"{record['tokens_per_s']:.0f}"}
+        )
+        self.window = (0, time.time())
+
+    def _after_step(self, applied: bool, stop: bool) -> bool:
+        """Evaluation, checkpoint, halt and SIGTERM at a step boundary; True when halted."""
+        cfg, step, last = self.cfg, self.pos.step, self.total_steps
+        saved = False
+        if applied:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < last:
+                _evaluate(self.objective, self.module, self.val_batches, self.rt, step, self._log)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                self.checkpoint()
+                saved = True
+        if stop and step < last:
+            self._preempted()
+        if applied and cfg.halt_at_step and step == cfg.halt_at_step and step < last:
+            path = self.ckpt_root / f"step-{step:08d}" if saved else self.checkpoint()
+            self.bar.close()
+            if self.rt.main:
+                log.info("halted at step %d as asked (%s); continue with --resume", step, path)
+            return True
+        return False
+
+    def _preempted(self) -> None:
+        step = self.pos.step
+        path = self.ckpt_root / f"step-{step:08d}"
+        if step > 0 and self.saved_step != step:
+            path = self.checkpoint()
+        self.bar.close()
+        where = f"checkpoint {path}" if step > 0 else "no checkpoint (no step was done)"
+        raise Preempted(
+            f"stopped by SIGTERM after step {step} with {where}; the same command with "
+            f"--resume continues it (exit status {Preempted.exit_code}: resumable)"
+        )
+
+    def _seconds(self) -> float:
+        """Training time of the run so far: earlier segments plus this one."""
+        return self.pos.seconds + (time.time() - self.segment_start)
+
+    def _result(self, final: dict, halted: bool = False, seconds: float | None = None):
+        p = self.pos
+        seconds = self._seconds() if seconds is None else seconds
+        return LoopResult(
+            p.step, p.tokens, seconds, final, p.skipped, p.history, halted, list(p.changes)
+        )
+
+    def _log(self, record: dict) -> None:
+        if not self.rt.main:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        for k, v in record.items():
+            if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                self.writer.add_scalar(f"{record['kind']}/{k}", v, record["step"])
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.metrics_file.close()
+            self.writer = self.metrics_file = None
+
+
+def _write_run_marker(out: Path, run_info: dict, changes: list[dict]) -> None:
+    """``distilkit_run.json``: what this run is, with the changes made on purpose at resumes."""
+    info = dict(run_info)
+    if changes:
+        info["changes"] = changes
+    (out / RUN_MARKER).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -872,10 +1132,19 @@ def _micro_batches(
             num_workers=cfg.num_workers,
             pin_memory=rt.device.type == "cuda",
             persistent_workers=False,
+            worker_init_fn=_ignore_sigterm if cfg.num_workers > 0 else None,
         )
-        for batch in loader:
-            yield epoch, cursor, batch
-            cursor += 1
+        it = iter(loader)
+        try:
+            for batch in it:
+                yield epoch, cursor, batch
+                cursor += 1
+        finally:
+            # Closing this generator (end of run, error, SIGTERM) ends the workers now rather
+            # than whenever the iterator is collected; they must not outlive the run.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         epoch, cursor = epoch + 1, 0
 
 
@@ -969,6 +1238,12 @@ def save_final(model: nn.Module, tokenizer, out: Path, card: str, write=None) ->
     leaves a ``config.json`` next to missing or partial weights. ``write(folder)``, when given,
     writes the model files instead of ``save_pretrained`` (another layout).
     """
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise DistilkitError(
+            f"the trained model's weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); "
+            f"no model was written to {out}"
+        )
     tmp = out / ".final-tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -980,9 +1255,10 @@ def save_final(model: nn.Module, tokenizer, out: Path, card: str, write=None) ->
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        fsync_tree(tmp)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        failure = _write_failure(exc, f"the final model in {out}", out)
+        failure = write_failure(exc, f"the final model in {out}", out)
         if failure is not None:
             raise failure from exc
         raise
@@ -992,3 +1268,4 @@ def save_final(model: nn.Module, tokenizer, out: Path, card: str, write=None) ->
     for name in names:
         os.replace(tmp / name, out / name)
     tmp.rmdir()
+    fsync_dir(out)

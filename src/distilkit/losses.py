@@ -98,3 +98,29 @@ def similarity_mse(
     t = F.normalize(teacher_emb.float(), dim=-1)
     diff = s @ s.T - t @ t.T  # (S, S)
     return diff.pow(2).sum() / _norm(diff.numel(), normalizer)
+
+
+def similarity_kl(
+    student_emb: torch.Tensor,
+    teacher_emb: torch.Tensor,
+    temperature: float,
+    normalizer: float | None = None,
+) -> torch.Tensor:
+    """L_rank = mean over sentences i of KL(p_t(i, .) || p_s(i, .)), where p(i, j) is the softmax
+    over the other sentences j != i of cos(e_i, e_j) / ``temperature``.
+
+    ``(S, H)`` embeddings of one micro-batch, S >= 2; pass the window's total of S as
+    ``normalizer``. Each sentence's distribution over its in-batch neighbours is what a search
+    ranks, and the temperature (0.05 = the scale 20 of sentence-transformers' ranking losses)
+    puts the weight on the nearest ones, which the squared cosine differences of L_sim spread
+    evenly over all pairs.
+    """
+    n = student_emb.shape[0]
+    s = F.normalize(student_emb.float(), dim=-1)
+    t = F.normalize(teacher_emb.float(), dim=-1)
+    off = ~torch.eye(n, dtype=torch.bool, device=s.device)  # (S, S), False on the diagonal
+    s_logits = (s @ s.T)[off].view(n, n - 1) / temperature  # (S, S-1)
+    t_logits = (t @ t.T)[off].view(n, n - 1) / temperature  # (S, S-1)
+    t_logp = F.log_softmax(t_logits, dim=-1)
+    kl = (t_logp.exp() * (t_logp - F.log_softmax(s_logits, dim=-1))).sum()
+    return kl / _norm(n, normalizer)

@@ -22,6 +22,7 @@ class MaskingConfig:
     """Masking options (defaults: the paper's)."""
 
     mlm_probability: float = 0.15
+    """Share of the real tokens of a sequence that become targets."""
     mask_fraction: float = 0.8
     """Share of targets replaced by [MASK]."""
     random_fraction: float = 0.1

@@ -9,9 +9,12 @@ Spearman; CoLA Matthews correlation; the others accuracy).
 from __future__ import annotations
 
 import collections
+import json
+import math
 import re
 import string
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +86,16 @@ def compute_metrics(
         )
     if len(gold) == 0:
         raise DistilkitError(f"compute_metrics({spec.name}): no examples")
+    # NaN logits still have an argmax (0), so a broken model would score like a constant
+    # predictor, and a NaN score would make the correlations NaN: refuse both instead.
+    for what, values in (("predictions", np.asarray(predictions)), ("labels", gold)):
+        if values.dtype.kind in "fc":
+            bad = int((~np.isfinite(values)).sum())
+            if bad:
+                raise DistilkitError(
+                    f"compute_metrics({spec.name}): {bad} of {values.size} {what} are not finite "
+                    "(NaN or inf)"
+                )
 
     out: dict[str, float] = {}
     if spec.kind == "regression":
@@ -105,6 +118,39 @@ def compute_metrics(
     else:
         out["score"] = float(np.mean([out[m] for m in spec.metrics]))
     return out
+
+
+def result_json(result: Any, name: str = "metrics.json") -> str:
+    """``result`` as indented JSON text, refusing NaN and Infinity.
+
+    Python's ``json`` writes them as bare ``NaN``/``Infinity``, which is not JSON: the file
+    would fail in every other reader (jq, JavaScript, strict parsers) or pass a NaN score on
+    into tables. A non-finite value is an error naming where it sits, so nothing is written.
+    """
+    where = _first_nonfinite(result, "")
+    if where is not None:
+        path, value = where
+        raise DistilkitError(
+            f"{name} would hold a non-finite value ({path or 'the result'} = {value}); "
+            "nothing was written"
+        )
+    return json.dumps(result, indent=2, allow_nan=False) + "\n"
+
+
+def _first_nonfinite(value: Any, path: str) -> tuple[str, float] | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for sub, v in items:
+        found = _first_nonfinite(v, sub)
+        if found is not None:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------- SQuAD v1.1

@@ -64,6 +64,11 @@ def resolve_model(name: str | Path) -> str:
         raise DistilkitError(
             f"model folder {path} has no weights (expected one of {', '.join(_WEIGHT_FILES)})"
         )
+    from distilkit.checkpoints import weights_problem
+
+    problem = weights_problem(path)
+    if problem:
+        raise DistilkitError(f"model folder {path}: {problem}")
     return str(path)
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distilkit.errors import DistilkitError
-from distilkit.losses import embedding_cosine, hidden_cosine, similarity_mse
+from distilkit.losses import embedding_cosine, hidden_cosine, similarity_kl, similarity_mse
 
 # Rows per forward chunk of the sentence objective: enough to keep the matrix products large,
 # few enough that rows of one chunk have similar lengths.
@@ -183,6 +183,11 @@ class EmbeddingLossConfig:
     """L_emb: 1 - cos(student, teacher) of each sentence's pooled embedding."""
     alpha_sim: float = 1.0
     """L_sim: squared difference of the in-batch cosine-similarity matrices."""
+    alpha_rank: float = 0.0
+    """L_rank: KL between the teacher's and the student's softmax over each sentence's in-batch
+    neighbours (cosine / rank_temperature): the ranking that search reads."""
+    rank_temperature: float = 0.05
+    """Temperature of L_rank's softmax (0.05: sentence-transformers' scale of 20)."""
     alpha_tok: float = 0.0
     """Token-level L_cos on the same sentences (the paper's cosine loss)."""
     alpha_layers: float = 0.0
@@ -201,11 +206,19 @@ class EmbeddingLossConfig:
     """Longest sentence (body tokens); longer runs are cut."""
 
     def validate(self) -> None:
-        for name in ("alpha_emb", "alpha_sim", "alpha_tok", "alpha_layers"):
+        for name in ("alpha_emb", "alpha_sim", "alpha_rank", "alpha_tok", "alpha_layers"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise DistilkitError(f"loss.embedding.{name} must be >= 0")
-        if not (self.alpha_emb or self.alpha_sim or self.alpha_tok or self.alpha_layers):
+        if not (
+            self.alpha_emb
+            or self.alpha_sim
+            or self.alpha_rank
+            or self.alpha_tok
+            or self.alpha_layers
+        ):
             raise DistilkitError("all loss.embedding weights are 0: nothing to train")
+        if not self.rank_temperature > 0:  # also rejects NaN
+            raise DistilkitError("loss.embedding.rank_temperature must be > 0")
         if self.spans not in ("sentences", "sequences", "pairs", "mixed"):
             raise DistilkitError(
                 "loss.embedding.spans must be 'sentences', 'sequences', 'pairs' or 'mixed'"
@@ -236,6 +249,7 @@ class EmbeddingObjective:
         w = {
             "emb": cfg.alpha_emb,
             "sim": cfg.alpha_sim,
+            "rank": cfg.alpha_rank,
             "tok": cfg.alpha_tok,
             "layers": cfg.alpha_layers,
         }
@@ -288,6 +302,7 @@ class EmbeddingObjective:
         n = {
             "emb": b["n_sentences"],
             "sim": b["n_sentences"] ** 2,
+            "rank": b["n_sentences"],
             "tok": b["n_tokens"],
             "layers": b["n_tokens"] * len(self.layer_targets),
         }
@@ -330,7 +345,7 @@ class EmbeddingObjective:
         s_pick = [i + 1 for i in range(len(self.layer_targets))] if want_layers else None
         t_pick = self.layer_targets if want_layers else None
         out, s_tok, t_tok = {}, None, None
-        if {"emb", "sim"} & set(self.weights) or not on_pairs:
+        if {"emb", "sim", "rank"} & set(self.weights) or not on_pairs:
             ids, mask = b["sent_ids"], b["sent_mask"]
             s = self._forward(module, ids, mask, None if on_pairs else s_pick)
             with torch.no_grad():
@@ -339,6 +354,8 @@ class EmbeddingObjective:
                 out["emb"] = embedding_cosine(s[0], t[0], norms["emb"])
             if "sim" in self.weights:
                 out["sim"] = similarity_mse(s[0], t[0], norms["sim"])
+            if "rank" in self.weights:
+                out["rank"] = similarity_kl(s[0], t[0], self.cfg.rank_temperature, norms["rank"])
             s_tok, t_tok = s, t
         if on_pairs:
             ids, mask = b["pair_ids"], b["pair_mask"]

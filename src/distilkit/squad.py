@@ -12,10 +12,12 @@ ordinary SQuAD fine-tuning (``L = L_qa``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +31,24 @@ from torch import nn
 from distilkit.config import ConfigError, load_config, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.finetune import (
+    SCRATCH,
+    check_finite_weights,
     check_loading_info,
+    check_number,
     environment,
+    fit_max_length,
     forward_kwargs,
+    load_error,
+    only_scratch,
+    open_model,
     pick_device,
     quiet_transformers,
     set_seed,
 )
-from distilkit.metrics import squad_metrics
-from distilkit.modeling import count_parameters, load_tokenizer, resolve_model
+from distilkit.metrics import result_json, squad_metrics
+from distilkit.modeling import count_parameters, resolve_model
+from distilkit.plan import batch_text, log_plan
+from distilkit.runfolder import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,46 +64,79 @@ class SquadConfig:
     dev_file: str | None = None
     """SQuAD v1.1 dev JSON; default: hold out dev_fraction of the training paragraphs."""
     out: str = ""
+    """Output folder: metrics.json, and model/ with save_model."""
     teacher: str | None = None
     """A QA model already fine-tuned on SQuAD; enables the second distillation step."""
     alpha_kd: float = 0.5
     """Weight of the KL term; the hard-label loss gets 1 - alpha_kd."""
     temperature: float = 2.0
+    """Softmax temperature T of the KL term."""
     lr: float = 3e-5
+    """Peak learning rate (AdamW)."""
     epochs: int = 2
+    """Passes over the training windows."""
     batch_size: int = 12
+    """Training windows per step."""
     eval_batch_size: int = 64
+    """Windows per forward pass in evaluation."""
     max_length: int = 384
+    """Tokens per window (question and context)."""
     doc_stride: int = 128
     """Overlap, in tokens, between consecutive windows of a long context."""
     max_answer_length: int = 30
+    """Longest predicted answer, in tokens."""
     n_best: int = 20
+    """Start and end candidates considered per window."""
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     warmup_ratio: float = 0.1
+    """Share of the steps with linear warm-up."""
     grad_clip: float = 1.0
+    """Gradient-norm clipping (0: off)."""
     max_steps: int = 0
+    """Stop after this many optimiser steps (0 = run all epochs)."""
     max_train_examples: int = 0
+    """Train on the first N questions (0 = all)."""
     max_eval_examples: int = 0
+    """Evaluate on the first N dev questions (0 = all)."""
     dev_fraction: float = 0.2
+    """Share of the training paragraphs held out when there is no dev_file."""
     split_seed: int = 0
+    """Seed of that hold-out."""
     seed: int = 42
+    """Training seed."""
     bf16: bool = False
+    """bf16 autocast (CPU or GPU)."""
     device: str = "auto"
+    """'auto': cuda when available, else cpu."""
     threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
     log_every: int = 50
+    """Log the training loss every N steps."""
     save_model: bool = True
     """Save the fine-tuned model to out/model (it can then serve as a teacher)."""
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha_kd <= 1.0:
             raise ConfigError("config key 'alpha_kd' must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ConfigError("config key 'temperature' must be positive")
+        # Finite first: NaN passes `<= 0` and would train NaN weights (see FinetuneConfig).
+        check_number("temperature", self.temperature, low=0.0, strict=True)
+        check_number("lr", self.lr, low=0.0, strict=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_number("grad_clip", self.grad_clip, low=0.0)
+        check_number("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0, open_high=True)
+        if self.doc_stride < 0:
+            raise ConfigError("config key 'doc_stride' must be >= 0")
         if self.doc_stride >= self.max_length:
             raise ConfigError("config key 'doc_stride' must be smaller than max_length")
         for name in ("epochs", "batch_size", "eval_batch_size", "max_answer_length", "n_best"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key '{name}' must be at least 1")
+        # A negative count would slice from the end (train[:-3]); negative max_steps trained
+        # nothing and wrote a NaN loss.
+        for name in ("max_steps", "max_train_examples", "max_eval_examples", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key '{name}' must be >= 0")
         if not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError("config key 'dev_fraction' must be in (0, 1)")
 
@@ -183,6 +227,27 @@ def split_by_paragraph(
     return [e for e in examples if e.paragraph not in held], [
         e for e in examples if e.paragraph in held
     ]
+
+
+def check_windows(tokenizer, examples: list[SquadExample], cfg: SquadConfig) -> None:
+    """Every question must leave more than ``doc_stride`` tokens of its window to the context.
+
+    Otherwise the tokenizer cannot step through a long context and panics in Rust (a
+    ``PanicException``, which is not even an ``Exception``), with a page of backtrace.
+    """
+    if not examples:
+        return
+    lengths = tokenizer([e.question for e in examples], add_special_tokens=False)["input_ids"]
+    longest = max(range(len(examples)), key=lambda i: len(lengths[i]))
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    room = cfg.max_length - len(lengths[longest]) - specials
+    if room <= cfg.doc_stride:
+        raise DistilkitError(
+            f"max_length {cfg.max_length} leaves {max(room, 0)} tokens for the context next to "
+            f"the longest question ({examples[longest].id}: {len(lengths[longest])} tokens and "
+            f"{specials} special tokens), not more than doc_stride {cfg.doc_stride}; lower "
+            "doc_stride, or raise max_length (up to the model's position table)"
+        )
 
 
 def _encode(tokenizer, examples: list[SquadExample], cfg: SquadConfig) -> Any:
@@ -326,7 +391,8 @@ def _load_qa(name: str, role: str) -> nn.Module:
                 ref, output_loading_info=True
             )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise DistilkitError(f"cannot load {role} '{name}' for question answering: {exc}") from exc
+        raise load_error(role, name, "question answering", exc) from exc
+    check_finite_weights(model, name)
     if role == "teacher":
         missing = [k for k in info.get("missing_keys", []) if k.startswith("qa_outputs")]
         if missing:
@@ -376,15 +442,20 @@ def predict_answers(
     return {ex.id: best.get(i, (0.0, ""))[1] for i, ex in enumerate(examples)}
 
 
-def finetune_squad(cfg: SquadConfig) -> dict[str, Any]:
+def finetune_squad(cfg: SquadConfig, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on SQuAD (with the distillation term if ``cfg.teacher``); write
-    ``out/metrics.json``, ``out/predictions.json`` and (``save_model``) ``out/model``."""
+    ``out/metrics.json``, ``out/predictions.json`` and (``save_model``) ``out/model``.
+
+    ``out`` is claimed and published as in ``finetune``: one process at a time, ``overwrite``
+    replaces only distilkit's own earlier output that holds no input (the model, the teacher,
+    the SQuAD files), and nothing that looks like a result is left by a failed run."""
     cfg.validate()
     if not cfg.model or not cfg.train_file or not cfg.out:
         raise DistilkitError("squad needs model, train_file and out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    # Every input is checked before the folder is claimed and before any training.
     train = read_squad(cfg.train_file)
     if cfg.dev_file:
         dev = read_squad(cfg.dev_file)
@@ -395,32 +466,83 @@ def finetune_squad(cfg: SquadConfig) -> dict[str, Any]:
         train = train[: cfg.max_train_examples]
     if cfg.max_eval_examples:
         dev = dev[: cfg.max_eval_examples]
-
-    tokenizer = load_tokenizer(cfg.model)
-    set_seed(cfg.seed)
-    model = _load_qa(cfg.model, "student").to(device)
-    teacher = None
+    _, config, tokenizer = open_model(cfg.model)
+    # The value used is the one recorded in metrics.json (a copy: the caller's cfg is theirs).
+    cfg = dataclasses.replace(cfg, max_length=fit_max_length(cfg.max_length, config, cfg.model))
     if cfg.teacher:
-        if load_tokenizer(cfg.teacher).get_vocab() != tokenizer.get_vocab():
+        _, t_config, teacher_tok = open_model(cfg.teacher, role="teacher")
+        if teacher_tok.get_vocab() != tokenizer.get_vocab():
             raise DistilkitError(
                 "teacher and student tokenizers differ: the distillation term compares "
                 "distributions over the same tokens, so they must share a vocabulary"
             )
+        # The teacher reads the student's windows: they must fit its table too.
+        cfg = dataclasses.replace(
+            cfg, max_length=fit_max_length(cfg.max_length, t_config, cfg.teacher)
+        )
+    check_windows(tokenizer, train + dev, cfg)
+    inputs = {
+        "the model": cfg.model,
+        "the teacher": cfg.teacher,
+        "the training file": cfg.train_file,
+        "the dev file": cfg.dev_file,
+    }
+    with claim_folder(
+        cfg.out, "squad", overwrite=overwrite, inputs=inputs, is_residue=only_scratch
+    ) as claim:
+        tmp = claim.scratch(SCRATCH)
+        try:
+            result = _squad_into(cfg, train, dev, tokenizer, device, tmp)
+            claim.publish(tmp, last="metrics.json")
+        except BaseException:  # Ctrl-C included: no half-written results stay behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info(
+        "SQuAD dev EM %.4f F1 %.4f -> %s",
+        result["metrics"]["exact_match"],
+        result["metrics"]["f1"],
+        Path(cfg.out) / "metrics.json",
+    )
+    return result
+
+
+def _squad_into(
+    cfg: SquadConfig,
+    train: list[SquadExample],
+    dev: list[SquadExample],
+    tokenizer,
+    device: torch.device,
+    tmp: Path,
+) -> dict[str, Any]:
+    """Train, evaluate and write the results into ``tmp``."""
+    set_seed(cfg.seed)
+    model = _load_qa(cfg.model, "student").to(device)
+    teacher = None
+    if cfg.teacher:
         teacher = _load_qa(cfg.teacher, "teacher").to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
     train_feats = train_features(tokenizer, train, cfg)
     dev_feats = eval_features(tokenizer, dev, cfg)
-    log.info(
-        "SQuAD: %d train questions -> %d features; %d dev questions -> %d features%s",
-        len(train),
-        len(train_feats),
-        len(dev),
-        len(dev_feats),
-        f"; distilling from {cfg.teacher} (alpha {cfg.alpha_kd}, T {cfg.temperature})"
-        if teacher is not None
-        else "",
+    log_plan(
+        log,
+        "squad",
+        {
+            "model": cfg.model,
+            "teacher": f"{cfg.teacher} (alpha_kd {cfg.alpha_kd}, T {cfg.temperature})"
+            if teacher is not None
+            else None,
+            "data": f"{len(train):,} train questions -> {len(train_feats):,} windows; "
+            f"{len(dev):,} dev questions -> {len(dev_feats):,} windows",
+            "epochs": f"{cfg.epochs}"
+            + (f", at most {cfg.max_steps} steps" if cfg.max_steps else ""),
+            "batch": batch_text(cfg.batch_size),
+            "lr": cfg.lr,
+            "precision": "bf16 autocast" if cfg.bf16 else "fp32",
+            "device": f"{device}, threads {torch.get_num_threads()}",
+            "output": cfg.out,
+        },
     )
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -494,12 +616,10 @@ def finetune_squad(cfg: SquadConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     predictions = predict_answers(model, tokenizer, dev, dev_feats, cfg, device)
     metrics = squad_metrics(predictions, {e.id: [a[0] for a in e.answers] for e in dev})
-    out_dir = Path(cfg.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
+    (tmp / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
     if cfg.save_model:
-        model.save_pretrained(out_dir / "model")
-        tokenizer.save_pretrained(out_dir / "model")
+        model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
     last = np.mean(history[-max(1, min(50, len(history) // 10)) :], axis=0)
     result = {
         "task": "squad",
@@ -521,11 +641,5 @@ def finetune_squad(cfg: SquadConfig) -> dict[str, Any]:
         "config": to_dict(cfg),
         "environment": environment(),
     }
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    log.info(
-        "SQuAD dev EM %.4f F1 %.4f -> %s",
-        metrics["exact_match"],
-        metrics["f1"],
-        out_dir / "metrics.json",
-    )
+    (tmp / "metrics.json").write_text(result_json(result), encoding="utf-8")
     return result

@@ -23,6 +23,7 @@ from torch import nn
 
 from distilkit.errors import DistilkitError
 from distilkit.modeling import load_mlm, load_tokenizer, resolve_model
+from distilkit.runfolder import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,13 @@ def init_student(
     overwrite: bool = False,
 ) -> StudentResult:
     """Create the student of ``teacher`` in ``out_dir`` (Hugging Face format with tokenizer)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DistilkitError(f"output folder {out} is not empty (use --overwrite)")
+    inputs = {"the teacher": teacher}
+    with claim_folder(out_dir, "init-student", overwrite=overwrite, inputs=inputs) as claim:
+        return _init_student(claim, teacher, layers, num_layers)
+
+
+def _init_student(claim, teacher, layers, num_layers) -> StudentResult:
+    out = claim.folder
     tok = load_tokenizer(teacher)
     t_model, head_missing = load_mlm(teacher)
     cfg = t_model.config
@@ -101,9 +106,6 @@ def init_student(
                 "that L_ce can be used)",
                 teacher,
             )
-    tmp = out.with_name(out.name + ".tmp-init")
-    if tmp.exists():
-        _rmtree(tmp)
     meta = {
         "teacher": str(teacher),
         "teacher_layers": n_teacher,
@@ -112,27 +114,21 @@ def init_student(
         "head_from_teacher": not head_missing,
         "token_type_folded_into_positions": cfg.model_type == "bert",
     }
+    # Built in a hidden sub-folder and moved in with config.json last: a partial folder with a
+    # config.json would look like a model (disk full, kill, ...).
+    tmp = claim.scratch(".tmp-init")
     try:
         student.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "distilkit_student.json").write_text(json.dumps(meta, indent=2) + "\n")
     except BaseException:
-        # A partial folder with a config.json would look like a model (disk full, ...).
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        _rmtree(out)
-    tmp.rename(out)
+    claim.publish(tmp, last="config.json")
     log.info("student with teacher layers %s saved to %s (%s)", layers, out, type(student).__name__)
     return StudentResult(out, layers, type(student).__name__, not head_missing, copied)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 def _num_layers(cfg) -> int:

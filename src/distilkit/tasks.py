@@ -18,8 +18,11 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import random
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -273,12 +276,17 @@ class ClassificationOptions:
     dev_file: str | None = None
     """Dev file; default: dev.* inside --data-dir, else a held-out split of the training file."""
     text_column: str = "text"
+    """Column holding the text."""
     text_pair_column: str | None = None
+    """Column holding the second text, for pair tasks."""
     label_column: str = "label"
+    """Column holding the label."""
     labels: list[str] | None = None
     """Label values in class-index order; default: sorted distinct values of the training file."""
     dev_fraction: float = 0.1
+    """Share of the training file held out when there is no dev file."""
     split_seed: int = 0
+    """Seed of that hold-out."""
 
     def validate(self) -> None:
         if not 0.0 < self.dev_fraction < 1.0:
@@ -413,18 +421,52 @@ def read_glue_tsv(spec: TaskSpec, path: str | Path) -> list[Example]:
 
 def _parse_label(spec: TaskSpec, raw: str, label_index: dict[str, int], where: str) -> int | float:
     if spec.kind == "regression":
-        try:
-            value = float(raw)
-        except ValueError:
-            raise DistilkitError(f"{where}: {spec.title} score {raw!r} is not a number") from None
-        if value != value:  # NaN would poison every correlation downstream
-            raise DistilkitError(f"{where}: {spec.title} score is NaN")
-        return value
-    if raw not in label_index:
+        return _parse_score(spec, raw, where)
+    # Files written through pandas turn GLUE's 0/1 into 0.0/1.0: the same classes.
+    key = canonical_label(raw)
+    if key not in label_index:
         raise DistilkitError(
             f"{where}: {spec.title} label {raw!r} is not one of {', '.join(spec.labels)}"
         )
-    return label_index[raw]
+    return label_index[key]
+
+
+def _parse_score(spec: TaskSpec, raw: str, where: str) -> float:
+    """A regression target; anything but a finite number stops the run before training (one
+    NaN or inf makes the MSE loss, and every correlation computed from the file, NaN)."""
+    if not raw:
+        raise DistilkitError(f"{where}: {spec.title} score is empty")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DistilkitError(f"{where}: {spec.title} score {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DistilkitError(f"{where}: {spec.title} score {raw!r} is not a finite number")
+    return value
+
+
+# A plain decimal number as people write labels: 1, -1, 1.0, .5, 1e0. Not "nan"/"inf" (float()
+# takes them, but as labels they are words), nor "1_000" (float() takes that too).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def canonical_label(raw: object) -> str:
+    """One spelling per class: a numeric label becomes its shortest decimal form (``1``, ``1.0``,
+    `` 1 ``, ``+1`` and ``1e0`` are all ``"1"``; ``0.50`` is ``"0.5"``), a JSON boolean
+    ``true``/``false``; any other label is kept as written, without surrounding white space."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    text = str(raw).strip()
+    if not _NUMBER.fullmatch(text):
+        return text
+    value = Decimal(text)
+    if value == value.to_integral_value():
+        return str(int(value))  # exact for any size, and -0 is 0
+    return format(value.normalize(), "f")
+
+
+def is_numeric_label(label: str) -> bool:
+    return _NUMBER.fullmatch(label) is not None
 
 
 def _read_hf(spec: TaskSpec, split: str, source: str) -> list[Example]:
@@ -450,6 +492,11 @@ def _read_hf(spec: TaskSpec, split: str, source: str) -> list[Example]:
         label = row[col_label]
         if spec.kind == "regression":
             label = float(label)
+            if not math.isfinite(label):
+                raise DistilkitError(
+                    f"{path}/{config} [{split}] row {i}: {spec.title} score {label} is not a "
+                    "finite number"
+                )
         else:
             if label < 0:
                 raise DistilkitError(f"{path}/{config} [{split}] row {i}: no label (test split?)")
@@ -491,11 +538,14 @@ def _load_classification(
     dev_rows = _read_rows(dev_path, opts) if dev_path else None
 
     if opts.labels:
-        labels = tuple(str(x) for x in opts.labels)
+        labels = tuple(canonical_label(x) for x in opts.labels)
+        if len(set(labels)) < len(labels):
+            raise DistilkitError(
+                f"classification.labels {opts.labels} names a class twice ({', '.join(labels)} "
+                "once numbers are normalised)"
+            )
     else:
-        distinct = {label for _, _, label, _ in train_rows}
-        numeric = all(_is_int(x) for x in distinct)
-        labels = tuple(sorted(distinct, key=int if numeric else str))
+        labels = _discover_labels(train_path, train_rows, opts.label_column)
     if len(labels) < 2:
         raise DistilkitError(f"{train_path}: need at least 2 distinct labels, found {labels}")
     index = {label: i for i, label in enumerate(labels)}
@@ -531,12 +581,30 @@ def _load_classification(
     return TaskData(spec=spec, train=train, dev={"dev": dev})
 
 
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+def _discover_labels(
+    path: Path, rows: list[tuple[str, str | None, str, str]], column: str
+) -> tuple[str, ...]:
+    """The classes of a training file in index order: numbers by value, names sorted.
+
+    A column holding both numbers and names is refused: whether ``1`` and ``pos`` are two
+    classes, one class spelt two ways, or a stray value (a repeated header, ``nan`` from a
+    spreadsheet) cannot be told from the file, and a wrong guess trains on wrong targets.
+    """
+    first: dict[str, str] = {}  # label -> where it first occurs
+    for _, _, label, where in rows:
+        first.setdefault(label, where)
+    numbers = [x for x in first if is_numeric_label(x)]
+    names = [x for x in first if not is_numeric_label(x)]
+    if numbers and names:
+        num, name = numbers[0], names[0]
+        raise DistilkitError(
+            f"{path}: label column '{column}' mixes numbers and text ({num} at {first[num]}, "
+            f"{name!r} at {first[name]}), so its classes are ambiguous; make the column all "
+            "numbers or all names, or list the classes with classification.labels=[...]"
+        )
+    if numbers:
+        return tuple(sorted(numbers, key=Decimal))
+    return tuple(sorted(names))
 
 
 def _read_rows(path: Path, opts: ClassificationOptions) -> list[tuple[str, str | None, str, str]]:
@@ -554,7 +622,9 @@ def _read_rows(path: Path, opts: ClassificationOptions) -> list[tuple[str, str |
         with path.open(encoding="utf-8-sig", newline="") as fh:
             if suffix in (".csv", ".tsv"):
                 reader = csv.DictReader(fh, delimiter="," if suffix == ".csv" else "\t")
-                missing = [c for c in wanted if c not in (reader.fieldnames or [])]
+                if reader.fieldnames is None:
+                    raise DistilkitError(f"{path}: file is empty")
+                missing = [c for c in wanted if c not in reader.fieldnames]
                 if missing:
                     raise DistilkitError(
                         f"{path}:1: no column '{missing[0]}' in the header "
@@ -607,10 +677,12 @@ def _row(
     for col in (opts.text_column, opts.label_column, opts.text_pair_column):
         if col is not None and col not in record:
             raise DistilkitError(f"{where}: no field '{col}'")
-    label = record[opts.label_column]
-    if label is None or isinstance(label, (dict, list)):
-        raise DistilkitError(f"{where}: label {label!r} is not a scalar")
-    label = str(label).strip()
+    raw = record[opts.label_column]
+    if raw is None or isinstance(raw, (dict, list)):
+        raise DistilkitError(f"{where}: label {raw!r} is not a scalar")
+    if isinstance(raw, float) and not math.isfinite(raw):  # JSON NaN/Infinity (Python's json)
+        raise DistilkitError(f"{where}: label {raw!r} is not a class")
+    label = canonical_label(raw)
     if not label:
         raise DistilkitError(f"{where}: empty label")
     text_b = str(record[opts.text_pair_column]) if opts.text_pair_column else None

@@ -5,8 +5,13 @@ from __future__ import annotations
 import shlex
 import sys
 
+from distilkit.commands._common import PRINT_CONFIG_HELP, describe_config, print_config
+
 NAME = "ablate"
 HELP = "run the ablation study of the paper's Table 4 end to end (resumable) and write the report"
+# The KEY=VALUE overrides set keys of one size of configs/ablation.yaml.
+CONFIG = "distilkit.ablate_sizes:AblationSize"
+FLAGS = {"report": "report"}
 
 
 def add_arguments(p) -> None:
@@ -17,24 +22,45 @@ def add_arguments(p) -> None:
         help="tiny: CI smoke run (< 1 min); cpu: the real study on a CPU (many hours); gpu: "
         "longer budgets for one GPU. Numbers: configs/ablation.yaml",
     )
-    p.add_argument("--out", help="folder for every sub-run (default runs/ablation-SIZE)")
+    p.add_argument("--out", help="folder for every sub-run (unset: runs/ablation-SIZE)")
     p.add_argument(
         "--report",
-        help="markdown report path (default: the size's, e.g. "
+        help="markdown report path (unset: the size's, e.g. "
         "docs/results/ablation.md; PNG/JSON go into a folder beside it)",
     )
-    p.add_argument("--sizes", help="sizes YAML (default configs/ablation.yaml)")
+    p.add_argument(
+        "--sizes",
+        "--config",
+        dest="sizes",
+        metavar="FILE",
+        help="sizes YAML: a mapping from size name to the keys below "
+        "(default: configs/ablation.yaml)",
+    )
+    p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="overrides of the size, e.g. distill.steps=1000 evaluate.seeds=5",
+        help="set any key of the size listed below, e.g. distill.steps=1000 evaluate.seeds=5",
+    )
+    describe_config(
+        p,
+        CONFIG,
+        FLAGS,
+        note="The defaults shown are the dataclass's; each size of configs/ablation.yaml sets "
+        "its own, and --size SIZE --print-config shows them.",
     )
 
 
 def run(args) -> int:
-    from distilkit.ablate import AblateConfig, ablate
+    from distilkit.ablate import AblateConfig, ablate, load_size
 
+    if args.print_config:
+        size = load_size(args.size, args.sizes, args.overrides)
+        if args.report:
+            size.report = args.report
+        # As a sizes file with this one size, so that it loads back with --config.
+        return print_config(args, size, under=(args.size,))
     command = "distilkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = ablate(
         AblateConfig(

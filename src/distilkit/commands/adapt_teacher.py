@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from distilkit.commands._common import add_config_arguments, config_from_args
+from distilkit.commands._common import add_config_arguments, config_from_args, print_config
 
 NAME = "adapt-teacher"
 HELP = "continue masked-LM training of a teacher (domain adaptation, or fit a missing LM head)"
+CONFIG = "distilkit.adapt:AdaptConfig"
+# argparse destination -> the config key the flag sets
+FLAGS = {
+    "teacher": "teacher",
+    "data": "data",
+    "out": "out_dir",
+    "head_only": "head_only",
+    "whole_model": "whole_model",
+    "max_steps": "train.max_steps",
+    "overwrite": "overwrite",
+}
 
 
 def add_arguments(p) -> None:
@@ -23,26 +34,16 @@ def add_arguments(p) -> None:
         help="continue from the newest valid checkpoint in --out",
     )
     p.add_argument("--resume-from", metavar="CHECKPOINT", help="continue from this checkpoint")
-    p.add_argument("--overwrite", action="store_true")
-    add_config_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    add_config_arguments(p, CONFIG, FLAGS, example="head_lr=2e-3 train.batch_size=16")
 
 
 def run(args) -> int:
     from distilkit.adapt import AdaptConfig, adapt_teacher
 
-    cfg = config_from_args(
-        AdaptConfig,
-        args,
-        {
-            "teacher": "teacher",
-            "data": "data",
-            "out": "out_dir",
-            "head_only": "head_only",
-            "whole_model": "whole_model",
-            "max_steps": "train.max_steps",
-            "overwrite": "overwrite",
-        },
-    )
+    cfg = config_from_args(AdaptConfig, args, FLAGS)
+    if args.print_config:
+        return print_config(args, cfg)
     r = adapt_teacher(cfg, resume=args.resume_from or args.resume)
     if r.halted:
         print(

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from distilkit.commands._common import add_config_arguments, config_from_args
+import logging
+
+from distilkit.commands._common import add_config_arguments, config_from_args, print_config
+from distilkit.plan import log_plan
 
 NAME = "bench"
 HELP = "compare size, latency (STS-B dev, batch 1), throughput and memory of models"
+CONFIG = "distilkit.bench:BenchConfig"
+# argparse destination -> the config key the flag sets
+FLAGS = {
+    "models": "models",
+    "out": "out",
+    "data_dir": "data_dir",
+    "threads": "threads",
+    "repeats": "repeats",
+    "max_examples": "max_examples",
+    "device": "device",
+}
 
 
 def add_arguments(p) -> None:
@@ -21,25 +35,35 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="GLUE root or STS-B folder (the latency pass)")
     p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
     p.add_argument("--repeats", type=int, help="full latency passes per model")
-    p.add_argument("--max-examples", type=int, help="first N STS-B dev pairs (default all)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    add_config_arguments(p)
+    p.add_argument("--max-examples", type=int, help="first N STS-B dev pairs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run")
+    add_config_arguments(p, CONFIG, FLAGS, example="isolate=false throughput_iters=20")
 
 
 def run(args) -> int:
     from distilkit.bench import BenchConfig, bench
 
-    cfg = config_from_args(
-        BenchConfig,
-        args,
+    cfg = config_from_args(BenchConfig, args, FLAGS)
+    if args.print_config:
+        return print_config(args, cfg)
+    import torch
+
+    device = cfg.device
+    if device == "auto":
+        device = ("cuda" if torch.cuda.is_available() else "cpu") + " (auto)"
+    log_plan(
+        logging.getLogger("distilkit.bench"),
+        "bench",
         {
-            "models": "models",
-            "out": "out",
-            "data_dir": "data_dir",
-            "threads": "threads",
-            "repeats": "repeats",
-            "max_examples": "max_examples",
-            "device": "device",
+            "models": ", ".join(cfg.models),
+            "latency": f"STS-B dev pairs of {cfg.data_dir}"
+            + (f" (the first {cfg.max_examples:,})" if cfg.max_examples else "")
+            + f" at batch 1, {cfg.repeats} passes after {cfg.warmup} warm-up pairs",
+            "throughput": f"batch {cfg.throughput_batch} x {cfg.throughput_seq} tokens, "
+            f"{cfg.throughput_iters} passes",
+            "device": f"{device}, threads {cfg.threads or 'default'}"
+            + (", one process per model" if cfg.isolate else ""),
+            "output": cfg.out,
         },
     )
     r = bench(cfg)

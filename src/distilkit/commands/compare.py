@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from distilkit.commands._common import add_config_arguments, config_from_args, print_config
+
 NAME = "compare"
 HELP = "teacher vs student report like the paper's Table 1 (runs or collects evaluations)"
+CONFIG = "distilkit.compare:CompareConfig"
+# argparse destination -> the config key the flag sets
+FLAGS = {
+    "teacher": "teacher",
+    "student": "student",
+    "tasks": "tasks",
+    "data_dir": "data_dir",
+    "out": "out",
+    "teacher_runs": "teacher_runs",
+    "student_runs": "student_runs",
+    "recipes": "recipes",
+    "ft_overrides": "overrides",
+}
 
 
 def add_arguments(p) -> None:
@@ -15,7 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--teacher-runs", help="folder with <task>/metrics.json (default OUT/teacher)")
     p.add_argument("--student-runs", help="folder with <task>/metrics.json (default OUT/student)")
     p.add_argument(
-        "--no-run", action="store_true", help="only collect; fail if a result is missing"
+        "--no-run",
+        action="store_true",
+        help="only collect; fail if a result is missing (sets run_missing=false)",
     )
     p.add_argument("--recipes", help="per-task defaults YAML for runs")
     p.add_argument(
@@ -25,38 +42,19 @@ def add_arguments(p) -> None:
         metavar="KEY=VALUE",
         help="override for every fine-tuning run, e.g. --ft max_train_examples=8000 (repeatable)",
     )
-    p.add_argument("--config", help="YAML with CompareConfig fields")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="CompareConfig overrides, e.g. teacher_label=BERT-base",
-    )
+    add_config_arguments(p, CONFIG, FLAGS, example="teacher_label=BERT-base")
 
 
 def run(args) -> int:
-    from distilkit.commands._common import config_from_args
     from distilkit.compare import CompareConfig, compare
 
     if args.tasks:
         args.tasks = [t for t in args.tasks.split(",") if t.strip()]
-    cfg = config_from_args(
-        CompareConfig,
-        args,
-        {
-            "teacher": "teacher",
-            "student": "student",
-            "tasks": "tasks",
-            "data_dir": "data_dir",
-            "out": "out",
-            "teacher_runs": "teacher_runs",
-            "student_runs": "student_runs",
-            "recipes": "recipes",
-            "ft_overrides": "overrides",
-        },
-    )
+    cfg = config_from_args(CompareConfig, args, FLAGS)
     if args.no_run:
         cfg.run_missing = False
+    if args.print_config:
+        return print_config(args, cfg)
     report = compare(cfg)
     t, s = report["teacher"], report["student"]
     ret = report["retention"]["macro"]

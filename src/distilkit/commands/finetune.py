@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from distilkit.commands._common import add_config_arguments, print_config
+
 NAME = "finetune"
 HELP = "fine-tune a model on a GLUE task (or classification files) and report dev metrics"
+CONFIG = "distilkit.finetune:FinetuneConfig"
+# argparse destination -> the config key the flag sets
+FLAGS = {
+    "model": "model",
+    "task": "task",
+    "data_dir": "data_dir",
+    "out": "out",
+    "seeds": "seeds",
+    "max_train_examples": "max_train_examples",
+}
 
 
 def add_arguments(p) -> None:
@@ -20,18 +32,24 @@ def add_arguments(p) -> None:
         "classification a file or a folder with train.* (and dev.*)",
     )
     p.add_argument("--out", required=True, help="output folder (metrics.json)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output of distilkit in --out (never a folder holding an input)",
+    )
     p.add_argument("--seeds", type=int, help="number of seeds; the median is reported")
     p.add_argument(
         "--max-train-examples", type=int, help="train on a fixed random subset of this size"
     )
-    p.add_argument(
-        "--config", help="per-task defaults YAML (default: configs/finetune.yaml when found)"
-    )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="overrides, e.g. lr=3.0e-5 epochs=2 bf16=true classification.text_column=review",
+    add_config_arguments(
+        p,
+        CONFIG,
+        FLAGS,
+        file_help="per-task recipes YAML: `defaults`, then `tasks.TASK` on top, with any of "
+        "the keys below (default: configs/finetune.yaml when found)",
+        example="lr=3.0e-5 epochs=2 bf16=true classification.text_column=review",
+        note="The defaults shown are the dataclass's; the recipes file (configs/finetune.yaml) "
+        "sets its own, per task, and --print-config shows what a task gets.",
     )
 
 
@@ -42,13 +60,12 @@ def run(args) -> int:
         args.task,
         args.config or default_recipes_path(),
         args.overrides,
-        model=args.model,
-        data_dir=args.data_dir,
-        out=args.out,
-        seeds=args.seeds,
-        max_train_examples=args.max_train_examples,
+        **{key: getattr(args, dest) for dest, key in FLAGS.items() if key != "task"},
     )
-    result = finetune(cfg)
+    if args.print_config:
+        # As a recipes file with this one task, so that it loads back with --config.
+        return print_config(args, cfg, under=("tasks", cfg.task))
+    result = finetune(cfg, overwrite=args.overwrite)
     spread = result["summary"][result["main_split"]]["score"]
     metrics = " ".join(f"{k}={100 * v:.2f}" for k, v in result["metrics"].items())
     print(

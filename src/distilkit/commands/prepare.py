@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from distilkit.commands._common import add_config_arguments, config_from_args
+import logging
+
+from distilkit.commands._common import add_config_arguments, config_from_args, print_config
+from distilkit.plan import log_plan
 
 NAME = "prepare"
 HELP = "tokenise and pack a corpus into memory-mapped shards with token counts"
+CONFIG = "distilkit.data:PrepareConfig"
+# argparse destination -> the config key the flag sets
+FLAGS = {
+    "sources": "sources",
+    "tokenizer": "tokenizer",
+    "out": "out_dir",
+    "max_length": "max_length",
+    "overwrite": "overwrite",
+}
 
 
 def add_arguments(p) -> None:
@@ -25,23 +37,27 @@ def add_arguments(p) -> None:
         help="model whose tokenizer to use (folder, hub id, or 'minilm')",
     )
     p.add_argument("--out", help="output folder")
-    p.add_argument("--max-length", type=int, help="longest packed sequence (default 512)")
+    p.add_argument("--max-length", type=int, help="longest packed sequence")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    add_config_arguments(p)
+    add_config_arguments(p, CONFIG, FLAGS, example="validation_fraction=0.05 max_documents=1000")
 
 
 def run(args) -> int:
     from distilkit.data import PrepareConfig, prepare
 
-    cfg = config_from_args(
-        PrepareConfig,
-        args,
+    cfg = config_from_args(PrepareConfig, args, FLAGS)
+    if args.print_config:
+        return print_config(args, cfg)
+    log_plan(
+        logging.getLogger("distilkit.prepare"),
+        "prepare",
         {
-            "sources": "sources",
-            "tokenizer": "tokenizer",
-            "out": "out_dir",
-            "max_length": "max_length",
-            "overwrite": "overwrite",
+            "sources": ", ".join(cfg.sources),
+            "tokenizer": cfg.tokenizer,
+            "documents": f"the first {cfg.max_documents:,}" if cfg.max_documents else "all",
+            "sequences": f"{cfg.min_length}-{cfg.max_length} tokens, "
+            f"{100 * cfg.validation_fraction:g}% of the documents held out",
+            "output": cfg.out_dir,
         },
     )
     result = prepare(cfg)
