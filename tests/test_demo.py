@@ -19,7 +19,12 @@ def test_embedded_corpus_is_english_prose_from_the_python_installation(tmp_path)
 @pytest.mark.slow
 def test_demo_end_to_end_with_the_packaged_minilm(tmp_path):
     s = run_demo(DemoConfig(out_dir=str(tmp_path / "d"), distill_steps=2, batch_size=4))
-    assert s["student"]["layers"] == [0, 3, 5]
+    import json
+
+    search = json.loads((tmp_path / "d" / "layer_search.json").read_text())
+    assert s["student"]["layers"] == search["layers"]
+    assert search["fidelity"] >= search["default_fidelity"]
+    assert "chosen by layer search" in format_summary(s)
     assert s["student"]["params"]["total"] < s["teacher"]["params"]["total"]
     q = s["quality"]
     assert q["teacher"]["similarity_agreement"] > 0.999
@@ -37,3 +42,11 @@ def test_demo_overwrite_refuses_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(DistilkitError, match="did not make"):
         run_demo(DemoConfig(out_dir=str(mine), overwrite=True))
     assert (mine / "thesis.txt").read_text() == "years of work"
+
+
+def test_demo_rejects_an_unknown_layer_choice_before_writing(tmp_path):
+    from distilkit.errors import DistilkitError
+
+    with pytest.raises(DistilkitError, match="'search' or 'default'"):
+        run_demo(DemoConfig(out_dir=str(tmp_path / "d"), layers="best"))
+    assert not (tmp_path / "d").exists()

@@ -417,7 +417,8 @@ class _Study:
         )
         if not st.done:
             t = st.start()
-            r = finetune(cfg)
+            # The folder is the study's own: what is there is an unfinished attempt.
+            r = finetune(cfg, overwrite=True)
             st.finish(t, {"score": r["score"]})
             self.did(f"eval {key} {base.task} seed {seed}")
         return folder
@@ -443,7 +444,7 @@ class _Study:
         )
         if not st.done:
             t = st.start()
-            r = zeroshot(zcfg)
+            r = zeroshot(zcfg, overwrite=True)
             st.finish(t, {"score": r["score"]})
             self.did(f"eval {key} stsb-zeroshot")
         return folder

@@ -14,7 +14,7 @@ import inspect
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -92,7 +92,11 @@ class DemoConfig:
     max_length: int = 128
     """Longest packed sequence of the demo corpus."""
     student_layers: int = 3
-    """Student depth (layers taken evenly from the teacher's)."""
+    """Student depth."""
+    layers: str = "search"
+    """Which teacher layers the student copies: 'search' (those whose copy keeps the teacher's
+    sentence embeddings best on the corpus's held-out split, distilkit.layersearch) or
+    'default' (evenly spaced, first and last kept: the paper's rule)."""
     glue_dir: str = ""
     """GLUE folder with STS-B/dev.tsv: adds zero-shot STS-B to the summary (optional)."""
     overwrite: bool = False
@@ -154,6 +158,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from distilkit.modeling import packaged_minilm_path
     from distilkit.student import init_student
 
+    if cfg.layers not in ("search", "default"):
+        raise DistilkitError(f"demo layers must be 'search' or 'default', got {cfg.layers!r}")
     root = Path(cfg.out_dir)
     _claim_folder(root, cfg.overwrite)
     t0 = time.time()
@@ -177,7 +183,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     ).manifest
     t_prep = time.time()
 
-    student = init_student(teacher_src, root / "student-init", num_layers=cfg.student_layers)
+    layers, search = None, None
+    if cfg.layers == "search":
+        from distilkit.layersearch import search_layers
+
+        search = search_layers(teacher_src, root / "data", num_layers=cfg.student_layers)
+        layers = search.layers
+        (root / "layer_search.json").write_text(json.dumps(asdict(search), indent=2) + "\n")
+    student = init_student(
+        teacher_src, root / "student-init", layers=layers, num_layers=cfg.student_layers
+    )
     # The CPU recipe (docs/results/embedding-distillation.md): the teacher is a sentence
     # encoder, so distill keeps its sentence embeddings (loss.objective auto -> embedding).
     result = distill(
@@ -215,6 +230,12 @@ def run_demo(cfg: DemoConfig) -> dict:
         "student": {
             "path": str(root / "student"),
             "layers": student.layers,
+            "layer_search": search
+            and {
+                "fidelity": search.fidelity,
+                "default_layers": search.default_layers,
+                "default_fidelity": search.default_fidelity,
+            },
             "params": result.student_params,
             "size_mb": _size_mb(root / "student"),
             "ms_per_sequence": speed["student_ms"],
@@ -403,7 +424,8 @@ def format_summary(s: dict) -> str:
     ag, ds = "similarity_agreement", "doc_search_mrr"
     lines = [
         "",
-        "distilkit demo: all-MiniLM-L6-v2 -> 3-layer student, offline",
+        f"distilkit demo: all-MiniLM-L6-v2 -> {len(st['layers'])}-layer student "
+        f"(teacher layers {st['layers']}), offline",
         row("", "teacher", "student"),
         row(
             "parameters",
@@ -450,6 +472,15 @@ def format_summary(s: dict) -> str:
         f"  doc search: for each of {q['doc_search_pairs']} docstrings of standard-library modules "
         "the student never saw, rank all docstring bodies by similarity to its one-line summary; "
         "MRR = mean of 1/rank of the right body (1 = always first)",
+        *(
+            [
+                f"  layers: chosen by layer search on held-out demo text (embedding fidelity "
+                f"{ls['fidelity']:.3f}; the evenly spaced {ls['default_layers']}: "
+                f"{ls['default_fidelity']:.3f}); 'layer-dropped' is this start, not distilled"
+            ]
+            if (ls := st.get("layer_search"))
+            else []
+        ),
         f"  similarity agreement: Spearman of the cosine similarities of all pairs of "
         f"{q['n_sentences']} held-out sentences against the teacher's (fidelity; teacher = 1)",
         f"  distillation: {s['distill']['steps']} steps, {s['distill']['tokens_per_second']:.0f} "

@@ -64,7 +64,8 @@ class FinetuneConfig:
     eval_batch_size: int = 128
     """Examples per forward pass in evaluation."""
     max_length: int = 128
-    """Longest input in tokens; longer ones are truncated."""
+    """Longest input in tokens; longer ones are truncated. At most the model's position table
+    (a larger value is lowered to it, with a warning)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     warmup_ratio: float = 0.1
@@ -587,6 +588,16 @@ def environment() -> dict[str, Any]:
     }
 
 
+SCRATCH = ".tmp-results"
+"""Where finetune, zeroshot and squad build their output before moving it into ``out``."""
+
+
+def only_scratch(claim) -> bool:
+    """An output folder that holds only the scratch folder of a killed run: no results, so it
+    is cleared without --overwrite."""
+    return all(p.name == SCRATCH for p in claim.contents())
+
+
 def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on ``cfg.task`` for ``cfg.seeds`` seeds; write ``out/metrics.json``.
 
@@ -648,16 +659,6 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         Path(cfg.out) / "metrics.json",
     )
     return result
-
-
-SCRATCH = ".tmp-results"
-"""Where finetune, zeroshot and squad build their output before moving it into ``out``."""
-
-
-def only_scratch(claim) -> bool:
-    """An output folder that holds only the scratch folder of a killed run: no results, so it
-    is cleared without --overwrite."""
-    return all(p.name == SCRATCH for p in claim.contents())
 
 
 def _finetune_into(

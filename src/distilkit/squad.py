@@ -80,7 +80,8 @@ class SquadConfig:
     eval_batch_size: int = 64
     """Windows per forward pass in evaluation."""
     max_length: int = 384
-    """Tokens per window (question and context)."""
+    """Tokens per window (question and context); at most the model's position table (a larger
+    value is lowered to it, with a warning)."""
     doc_stride: int = 128
     """Overlap, in tokens, between consecutive windows of a long context."""
     max_answer_length: int = 30

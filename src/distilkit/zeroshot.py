@@ -59,7 +59,8 @@ class ZeroShotConfig:
     pooling: Literal["mean", "cls"] = "mean"
     """mean: average of the token states over the attention mask (sentence-transformers style)."""
     max_length: int = 128
-    """Longest input in tokens; longer ones are truncated."""
+    """Longest input in tokens; longer ones are truncated. At most the model's position table
+    (a larger value is lowered to it, with a warning)."""
     batch_size: int = 64
     """Sentences per forward pass."""
     max_eval_examples: int = 0
