@@ -97,6 +97,10 @@ class DemoConfig:
     """Which teacher layers the student copies: 'search' (those whose copy keeps the teacher's
     sentence embeddings best on the corpus's held-out split, distilkit.layersearch) or
     'default' (evenly spaced, first and last kept: the paper's rule)."""
+    alpha_rank: float = 1.0
+    """Weight of L_rank, the in-batch ranking loss of the sentence objective."""
+    spans: str = "mixed"
+    """What the sentence objective embeds: sentences and their passages (see loss.embedding)."""
     glue_dir: str = ""
     """GLUE folder with STS-B/dev.tsv: adds zero-shot STS-B to the summary (optional)."""
     overwrite: bool = False
@@ -153,13 +157,15 @@ def _paragraphs(text: str) -> list[str]:
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the offline pipeline end to end and return the summary it prints."""
     from distilkit.data import PrepareConfig, prepare
-    from distilkit.distill import DistillConfig, distill
+    from distilkit.distill import DistillConfig, LossConfig, distill
     from distilkit.loop import OptimConfig, TrainConfig
     from distilkit.modeling import packaged_minilm_path
+    from distilkit.sentence import EmbeddingLossConfig
     from distilkit.student import init_student
 
     if cfg.layers not in ("search", "default"):
         raise DistilkitError(f"demo layers must be 'search' or 'default', got {cfg.layers!r}")
+    EmbeddingLossConfig(alpha_rank=cfg.alpha_rank, spans=cfg.spans).validate()  # before any work
     root = Path(cfg.out_dir)
     _claim_folder(root, cfg.overwrite)
     t0 = time.time()
@@ -194,13 +200,18 @@ def run_demo(cfg: DemoConfig) -> dict:
         teacher_src, root / "student-init", layers=layers, num_layers=cfg.student_layers
     )
     # The CPU recipe (docs/results/embedding-distillation.md): the teacher is a sentence
-    # encoder, so distill keeps its sentence embeddings (loss.objective auto -> embedding).
+    # encoder, so distill keeps its sentence embeddings (loss.objective auto -> embedding);
+    # L_rank on sentences and whole passages keeps the teacher's ranking of passages for a
+    # short text, what search reads (held-out doc search 0.450 -> 0.463 MRR from the same start).
     result = distill(
         DistillConfig(
             teacher=teacher_src,
             student=str(root / "student-init"),
             data=str(root / "data"),
             out_dir=str(root / "student"),
+            loss=LossConfig(
+                embedding=EmbeddingLossConfig(alpha_rank=cfg.alpha_rank, spans=cfg.spans)
+            ),
             train=TrainConfig(
                 max_steps=cfg.distill_steps,
                 batch_size=cfg.batch_size,
