@@ -338,6 +338,9 @@ def test_finished_evaluations_are_mirrored_and_restored(tmp_path):
     assert (copied / "seed-42" / "metrics.json").is_file()
     assert (copied / "seed-42.step.json").is_file()
     assert not (copied / "seed-42" / "model.safetensors").exists()
+    # The record names the machine: a study spread over sessions may change CPUs.
+    record = json.loads((copied / "seed-42.step.json").read_text())
+    assert record["machine"]["cpu"] and "host" in record["machine"]
 
     # A new machine: the study folder is gone, the mirror (in git) is not.
     fresh = tmp_path / "fresh"

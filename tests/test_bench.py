@@ -247,6 +247,35 @@ def test_bench_errors(models, tmp_path):
         )
 
 
+def test_bench_output_folder_is_checked_before_any_timing(models, tmp_path):
+    import os
+
+    one = {"models": [str(models["student"])], "isolate": False, "quality": False}
+    # A folder of the user's files: refused, untouched.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DistilkitError, match="did not write"):
+        bench(small(models, mine, **one))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # Unwritable: one line before the first pass (root ignores permissions: skip then).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):
+            with pytest.raises(DistilkitError, match="cannot write"):
+                bench(small(models, locked, **one))
+    finally:
+        locked.chmod(0o700)
+    # A rerun replaces its own earlier results.
+    out = tmp_path / "b"
+    bench(small(models, out, **one))
+    first = (out / "bench.json").read_text()
+    bench(small(models, out, **one))
+    assert (out / "bench.json").read_text() != first  # rewritten (dates, times differ)
+
+
 def test_cli_bench_prints_the_table(models, tmp_path, capsys):
     from distilkit.cli import main
 

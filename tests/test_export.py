@@ -293,6 +293,29 @@ def test_refuses_a_non_empty_output_without_overwrite(tmp_path):
     assert (out / "keep.txt").is_file()
 
 
+def test_overwrite_replaces_only_its_own_export_never_the_model(tmp_path):
+    src = save_tiny(tmp_path / "enc", "encoder", "bert")
+    before = sorted(p.name for p in src.iterdir())
+    # --out is the model folder: refused, the model untouched (not even a lock file left).
+    with pytest.raises(DistilkitError, match="holds an input"):
+        export(ExportConfig(model=str(src), out=str(src), overwrite=True))
+    assert sorted(p.name for p in src.iterdir()) == before
+    # A folder of the user's files: refused even with --overwrite.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DistilkitError, match="did not write"):
+        export(ExportConfig(model=str(src), out=str(mine), overwrite=True))
+    assert (mine / "notes.txt").read_text() == "mine"
+    # Its own earlier export: replaced with --overwrite, refused without.
+    out = tmp_path / "o"
+    export(ExportConfig(model=str(src), out=str(out), head="encoder"))
+    with pytest.raises(DistilkitError, match="not empty"):
+        export(ExportConfig(model=str(src), out=str(out), head="encoder"))
+    export(ExportConfig(model=str(src), out=str(out), head="encoder", overwrite=True))
+    assert (out / "export.json").is_file() and not (out / ".tmp-export").exists()
+
+
 def test_cli_export_errors_are_one_line(tmp_path, capsys):
     from distilkit.cli import main
 

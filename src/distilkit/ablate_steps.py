@@ -88,6 +88,7 @@ class _Step:
                 "finished_at": _now(),
                 "seconds": round(time.time() - started, 2),
                 "summary": summary or {},
+                "machine": _machine(),
             }
         )
         if self.mirror:
@@ -146,6 +147,16 @@ def _restore_evaluations(out: Path, mirror: Path | None) -> int:
         shutil.copyfile(record, target)
         restored += 1
     return restored
+
+
+def _machine() -> dict[str, Any]:
+    """The CPU a sub-run ran on: a study spread over sessions may change machines, and bf16
+    results differ (by rounding) between CPUs."""
+    import socket
+
+    from distilkit.bench import cpu_features, cpu_name
+
+    return {"cpu": cpu_name(), "features": cpu_features(), "host": socket.gethostname()}
 
 
 def _now() -> str:

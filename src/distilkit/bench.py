@@ -48,6 +48,7 @@ import numpy as np
 
 from distilkit.config import ConfigError, to_dict
 from distilkit.errors import DistilkitError
+from distilkit.runfolder import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class BenchConfig:
     file in them); 'label=MODEL' names a row. The first row is the baseline of every ratio."""
     out: str = ""
     """Folder for bench.json, bench.md and bench.png."""
+    overwrite: bool = False
+    """Replace what else an earlier distilkit output left in out (earlier bench results alone
+    are always replaced)."""
     data_dir: str = ""
     """GLUE root or STS-B folder: the latency pass runs over the STS-B dev pairs."""
     max_examples: int = 0
@@ -149,6 +153,22 @@ def bench(cfg: BenchConfig) -> BenchResult:
     if len(set(labels)) != len(labels):
         raise DistilkitError(f"two models share a label ({labels}); name them with label=MODEL")
     _read_pairs(cfg)  # fail on missing data before starting any worker
+    # Claimed before any work: an unwritable, busy or foreign --out fails now, not after the
+    # timing passes; a rerun replaces its own earlier results.
+    with claim_folder(
+        cfg.out,
+        "bench",
+        overwrite=cfg.overwrite,
+        inputs={f"the model {s.label}": s.source for s in specs},
+        is_residue=lambda c: all(p.name in _OUTPUT_FILES for p in c.contents()),
+    ):
+        return _bench(cfg, specs)
+
+
+_OUTPUT_FILES = {"bench.json", "bench.md", "bench.png"}
+
+
+def _bench(cfg: BenchConfig, specs: list) -> BenchResult:
     device = _pick_device(cfg.device)
     env_start = _environment(cfg, device)
 
@@ -209,7 +229,6 @@ def bench(cfg: BenchConfig) -> BenchResult:
     }
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "bench.json", "markdown": out / "bench.md"}
     files["json"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     files["markdown"].write_text(_markdown(result), encoding="utf-8")

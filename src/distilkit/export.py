@@ -31,7 +31,6 @@ import contextlib
 import inspect
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -47,6 +46,7 @@ from torch import nn
 from distilkit.config import ConfigError, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.modeling import count_parameters, resolve_model
+from distilkit.runfolder import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +313,23 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.task and not cfg.data_dir:
         raise DistilkitError("the dev-set metric check (task) needs data_dir")
     out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
-        raise DistilkitError(f"output {out} exists and is not empty (use --overwrite)")
+    # Locked for the whole export; --overwrite only ever removes an earlier output of distilkit,
+    # never the model being exported (runfolder).
+    with claim_folder(
+        out,
+        "export",
+        overwrite=cfg.overwrite,
+        inputs={"the model": cfg.model, "the data": cfg.data_dir},
+        is_residue=lambda c: all(p.name == _SCRATCH for p in c.contents()),
+    ) as claim:
+        return _export(cfg, claim)
 
+
+_SCRATCH = ".tmp-export"
+
+
+def _export(cfg: ExportConfig, claim) -> ExportResult:
+    out = claim.folder
     model, head = load_torch_model(cfg.model, cfg.head)
     if cfg.task and head != "sequence-classification":
         raise DistilkitError(
@@ -327,12 +341,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     output_names = _HEADS[head][1]
     samples = _sample_inputs(model, tokenizer, input_names)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling, so the final rename stays on one file system and is atomic.
-    tmp = out.parent / f".{out.name}.tmp-export-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    # Built in a hidden sub-folder and published with export.json last: a failed export leaves
+    # nothing that looks like one.
+    tmp = claim.scratch(_SCRATCH)
     threads_before = torch.get_num_threads()
     try:
         if cfg.threads:
@@ -381,9 +392,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             "versions": _versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        claim.publish(tmp, last=MANIFEST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -76,6 +76,11 @@ def made_by_distilkit(folder: Path) -> bool:
     if manifest.is_file():  # a dataset of `distilkit prepare`
         with contextlib.suppress(OSError, ValueError):
             return json.loads(manifest.read_text()).get("format") == "distilkit-tokens-v1"
+    export = folder / "export.json"
+    if export.is_file():  # an ONNX export written before the marker
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if "opset" in json.loads(export.read_text()):
+                return True
     metrics = folder / "metrics.json"
     if metrics.is_file():  # results of finetune, zeroshot or squad written before the marker
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -306,6 +311,7 @@ def claim_folder(
         raise DistilkitError(f"cannot create output folder {folder}: {_cause(exc)}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DistilkitError(f"cannot write in output folder {folder}: permission denied")
+    lock_existed = (folder / LOCK_FILE).exists()
     fd = _lock(folder, folder / LOCK_FILE, stage)
     claim = Claim(folder, stage, fd, created)
     try:
@@ -340,6 +346,9 @@ def claim_folder(
         if not marker.is_file() and (not claim.contents() or made_by_distilkit(folder)):
             marker.write_text(json.dumps({"stage": stage, "created": _now()}) + "\n")
     except BaseException:
+        if not lock_existed:  # a refused folder (a model, the user's files) keeps no trace
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink()
         claim.release()
         raise
     return claim

@@ -19,6 +19,7 @@ FLAGS = {
     "repeats": "repeats",
     "max_examples": "max_examples",
     "device": "device",
+    "overwrite": "overwrite",
 }
 
 
@@ -37,6 +38,11 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, help="full latency passes per model")
     p.add_argument("--max-examples", type=int, help="first N STS-B dev pairs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output of distilkit in --out (never a folder holding an input)",
+    )
     add_config_arguments(p, CONFIG, FLAGS, example="isolate=false throughput_iters=20")
 
 
