@@ -1257,3 +1257,33 @@ def test_non_finite_embeddings_write_no_score(tiny_teacher, tmp_path, capsys, mo
         "score was written",
     )
     assert not out.exists()
+
+
+def test_a_killed_prepare_or_init_student_does_not_block_the_rerun(tiny_teacher, tmp_path):
+    """SIGTERM/SIGKILL mid-build leaves only the hidden scratch folder (and the marker): the
+    next run clears it without --overwrite; anything else still needs --overwrite."""
+    from conftest import write_corpus
+    from distilkit.data import PrepareConfig, prepare
+    from distilkit.runfolder import FOLDER_MARKER
+    from distilkit.student import init_student
+
+    corpus = write_corpus(tmp_path / "c.txt", n_docs=10)
+    for out, scratch in ((tmp_path / "data", ".tmp-prepare"), (tmp_path / "s", ".tmp-init")):
+        out.mkdir()
+        (out / FOLDER_MARKER).write_text("{}")
+        (out / scratch).mkdir()
+        (out / scratch / "partial.bin").write_bytes(b"x")
+    prepare(
+        PrepareConfig(
+            sources=[str(corpus)],
+            tokenizer=str(tiny_teacher),
+            out_dir=str(tmp_path / "data"),
+            max_length=32,
+        )
+    )
+    assert (tmp_path / "data" / "manifest.json").is_file()
+    assert not (tmp_path / "data" / ".tmp-prepare").exists()
+    init_student(tiny_teacher, tmp_path / "s", num_layers=2)
+    assert (tmp_path / "s" / "config.json").is_file()
+    with pytest.raises(DistilkitError, match="not empty"):
+        init_student(tiny_teacher, tmp_path / "s", num_layers=2)  # a finished student: kept

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from distilkit.errors import DistilkitError
 from distilkit.modeling import load_tokenizer
-from distilkit.runfolder import claim_folder
+from distilkit.runfolder import claim_folder, only_scratch
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,13 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     out = Path(cfg.out_dir)
     sources = _expand_sources(cfg.sources)
     inputs = {"the corpus source": list(cfg.sources), "the tokenizer": cfg.tokenizer}
-    with claim_folder(out, "prepare", overwrite=cfg.overwrite, inputs=inputs) as claim:
+    with claim_folder(
+        out,
+        "prepare",
+        overwrite=cfg.overwrite,
+        inputs=inputs,
+        is_residue=only_scratch(".tmp-prepare"),
+    ) as claim:
         tok = load_tokenizer(cfg.tokenizer)
         specials = _special_ids(tok)
         vocab_size = len(tok)

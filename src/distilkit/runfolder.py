@@ -280,6 +280,12 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
+def only_scratch(name: str):
+    """``is_residue`` for a stage that builds in the scratch folder ``name``: a folder holding
+    only that (a killed run's) holds no output, so the next run clears it unasked."""
+    return lambda claim: all(p.name == name for p in claim.contents())
+
+
 def claim_folder(
     out: str | os.PathLike,
     stage: str,

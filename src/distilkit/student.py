@@ -23,7 +23,7 @@ from torch import nn
 
 from distilkit.errors import DistilkitError
 from distilkit.modeling import load_mlm, load_tokenizer, resolve_model
-from distilkit.runfolder import claim_folder
+from distilkit.runfolder import claim_folder, only_scratch
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,13 @@ def init_student(
 ) -> StudentResult:
     """Create the student of ``teacher`` in ``out_dir`` (Hugging Face format with tokenizer)."""
     inputs = {"the teacher": teacher}
-    with claim_folder(out_dir, "init-student", overwrite=overwrite, inputs=inputs) as claim:
+    with claim_folder(
+        out_dir,
+        "init-student",
+        overwrite=overwrite,
+        inputs=inputs,
+        is_residue=only_scratch(".tmp-init"),
+    ) as claim:
         return _init_student(claim, teacher, layers, num_layers)
 
 
