@@ -189,6 +189,60 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl death signal is Linux")
+def test_workers_queue_distillations_then_zero_shots_then_one_model_after_another(
+    tmp_path, monkeypatch
+):
+    """The order of the workers' jobs: a study stopped part-way has whole rows for the models
+    its goals compare first. An in-process executor that runs each job when submitted, two at a
+    time, makes the order exact."""
+    import concurrent.futures as cf
+
+    from distilkit import ablate as ablate_mod
+
+    size = load_size("tiny", str(SIZES), ["workers=2", "evaluate.seeds=2"])
+    assert size.embedding.enabled
+    started: list[tuple] = []
+
+    class Inline:
+        def __init__(self, workers, mp_context=None, initializer=None):
+            self.workers = workers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, size, out, job):
+            started.append(job)
+            f = cf.Future()
+            f.set_result((f"{job[1]}-distilled", []) if job[0] == "distill" else (None, []))
+            return f
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Inline)
+    study = ablate_mod._Study(size, tmp_path)
+    monkeypatch.setattr(study, "teacher_of", lambda v, teacher: teacher)
+    monkeypatch.setattr(study, "start_of", lambda v, inits: inits["teacher"])
+    study.run_workers("teacher-model", "data", {"teacher": "init"})
+
+    kinds = [job[0] for job in started]
+    n_distill = sum(v.distill for v in VARIANTS)
+    assert kinds[:n_distill] == ["distill"] * n_distill
+    # Each distilled student's evaluations use the student the distillation returned.
+    models = {job[1]: job[2] for job in started if job[0] != "distill"}
+    assert models["teacher"] == "teacher-model" and models["vi-no-distillation"] == "init"
+    assert models["i-triple-loss"] == "i-distilled"
+    # Every zero-shot score before any fine-tuning, then whole models in EVALUATION_ORDER.
+    rest = started[n_distill:]
+    assert {job[0] for job in rest[: len(VARIANTS) + 1]} == {"zeroshot"}
+    order = ["teacher"] + [
+        next(v.slug for v in VARIANTS if v.key == k) for k in ablate_mod.EVALUATION_ORDER
+    ]
+    finetunes = [job[1] for job in rest if job[0] == "finetune"]
+    per_model = len(size.evaluate.tasks) * 2
+    assert finetunes == [label for label in order for _ in range(per_model)]
+
+
 def test_workers_die_with_a_killed_study(tmp_path):
     script, pid_file = tmp_path / "parent.py", tmp_path / "child.pid"
     script.write_text(_PARENT)

@@ -454,50 +454,64 @@ class _Study:
     def run_workers(self, teacher: _Step, data: _Step, inits: dict[str, _Step]) -> None:
         """Run the distillations and every evaluation sub-run in ``workers`` processes.
 
-        Longest first: the five distillations are queued before the evaluations of the teacher
-        and of (vi), and each distilled student's evaluations are queued when it finishes. The
-        serial pass that follows then only collects the finished results.
+        Jobs wait in a priority queue and at most ``workers`` run at once, so the study chooses
+        the order in which results arrive: the distillations first (the longest, and each
+        student's evaluations wait on its distillation), then every zero-shot score (a minute
+        each), then the fine-tuning of one model after another in ``EVALUATION_ORDER``. A study
+        stopped part-way thus has whole rows for the models its goals compare first. The
+        serial pass that follows only collects the finished results.
         """
         import concurrent.futures as cf
+        import heapq
+        import itertools
         import multiprocessing as mp
 
         s = self.s
         ev = s.evaluate
-        todo: dict[cf.Future, str | None] = {}
+        variants = active_variants(s)
+        rank = {"teacher": 0} | {v.slug: 1 + EVALUATION_ORDER.index(v.key) for v in variants}
+        # (stage, model rank, arrival): distill 0 < zero-shot 1 < fine-tune 2.
+        queue: list[tuple[tuple[int, int, int], tuple, str | None]] = []
+        arrival = itertools.count()
+
+        def push(stage: int, label: str, job: tuple, then: str | None = None) -> None:
+            heapq.heappush(queue, ((stage, rank[label], next(arrival)), job, then))
+
+        def evaluations(label: str, model: _Step) -> None:
+            if ev.zeroshot:
+                push(1, label, ("zeroshot", label, model))
+            for task in ev.tasks:
+                for i in range(ev.seeds):
+                    push(2, label, ("finetune", label, model, task, i))
+
+        for v in variants:
+            if v.distill:
+                job = ("distill", v.key, self.teacher_of(v, teacher), self.start_of(v, inits))
+                push(0, v.slug, (*job, data), v.slug)
+        evaluations("teacher", teacher)
+        for v in variants:
+            if not v.distill:
+                evaluations(v.slug, inits["teacher"])
+
+        running: dict[cf.Future, str | None] = {}
         with cf.ProcessPoolExecutor(
             s.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
         ) as pool:
-
-            def submit(job: tuple, then: str | None = None) -> None:
-                todo[pool.submit(_worker_job, s, self.out, job)] = then
-
-            def evaluations(label: str, model: _Step) -> None:
-                for task in ev.tasks:
-                    for i in range(ev.seeds):
-                        submit(("finetune", label, model, task, i))
-                if ev.zeroshot:
-                    submit(("zeroshot", label, model))
-
-            for v in active_variants(s):
-                if v.distill:
-                    job = ("distill", v.key, self.teacher_of(v, teacher), self.start_of(v, inits))
-                    submit((*job, data), v.slug)
-            evaluations("teacher", teacher)
-            for v in active_variants(s):
-                if not v.distill:
-                    evaluations(v.slug, inits["teacher"])
             try:
-                while todo:
-                    finished, _ = cf.wait(todo, return_when=cf.FIRST_COMPLETED)
+                while queue or running:
+                    while queue and len(running) < s.workers:
+                        _, job, then = heapq.heappop(queue)
+                        running[pool.submit(_worker_job, s, self.out, job)] = then
+                    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for f in finished:
-                        then = todo.pop(f)
+                        then = running.pop(f)
                         st, ran = f.result()  # a failed sub-run raises here
                         self.ran += ran
                         if then:
                             evaluations(then, st)
             except BaseException:
                 # Stop queueing; the sub-runs already running finish (they are resumable).
-                for f in todo:
+                for f in running:
                     f.cancel()
                 raise
 
@@ -534,6 +548,10 @@ class _Study:
             self.did("bench")
         return json.loads((st.folder / "bench.json").read_text(encoding="utf-8"))
 
+
+# The order in which the workers evaluate the models, after the teacher: the rows the study's
+# goals compare first ((i) against (vi), the embedding track), then the ablations.
+EVALUATION_ORDER = ("vi", "i", "E", "ii", "iii", "iv", "v")
 
 # Settings that change where or how fast a run goes, not its result. Paths are left out too:
 # the upstream digest pins the model and ``glue_dir`` is recorded as written in the size.
