@@ -21,6 +21,7 @@ settings (the table would then compare unlike things).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from distilkit.ablate_sizes import (  # noqa: F401 (the public names of the stud
 )
 from distilkit.ablate_steps import (  # noqa: F401
     STEP_SUFFIX,
+    Pending,
     _has_checkpoint,
     _now,
     _restore_evaluations,
@@ -89,6 +91,9 @@ class AblateConfig:
     """Markdown report path; overrides the size's."""
     command: str = ""
     """The command line, recorded in the report."""
+    report_only: bool = False
+    """Run nothing: write the report from the sub-runs finished so far (a study still running,
+    or one spread over sessions), listing what is not finished yet."""
 
 
 @dataclass
@@ -102,14 +107,17 @@ class AblateResult:
 
 
 class _Study:
-    def __init__(self, size: AblationSize, out: Path):
+    def __init__(self, size: AblationSize, out: Path, collect_only: bool = False):
         self.s = size
         self.out = out
+        self.collect_only = collect_only
+        """Run nothing: a sub-run that is not finished raises ``Pending``."""
         self.ran: list[str] = []
         self.steps: dict[str, _Step] = {}
 
     def step(self, name: str, folder: Path, settings: dict[str, Any]) -> _Step:
         st = _Step(folder, settings)
+        st.collect_only = self.collect_only
         mirror = mirror_folder(self.s)
         if mirror and folder.is_relative_to(self.out):
             st.mirror = (self.out, mirror)
@@ -266,14 +274,17 @@ class _Study:
         return self.sentence_teacher() if v.objective == "embedding" else teacher
 
     def students(self, teacher: _Step, data: _Step, inits: dict[str, _Step]) -> dict[str, _Step]:
+        """Every variant's student (distilled now if it is not yet); when only collecting,
+        the finished ones."""
         out: dict[str, _Step] = {}
         for v in active_variants(self.s):
             if not v.distill:
                 out[v.key] = inits["teacher"]
                 continue
-            out[v.key] = self._distill(
-                v, self.teacher_of(v, teacher), self.start_of(v, inits), data
-            )
+            with contextlib.suppress(Pending):  # only when collecting: not distilled yet
+                out[v.key] = self._distill(
+                    v, self.teacher_of(v, teacher), self.start_of(v, inits), data
+                )
         return out
 
     def _distill(self, v: Variant, teacher: _Step, start: _Step, data: _Step) -> _Step:
@@ -377,14 +388,35 @@ class _Study:
         STS-B zero-shot. Returns ``{task: metrics dict}`` in the format of ``finetune``."""
         ev = self.s.evaluate
         results: dict[str, Any] = {}
+        # When only collecting: each task's score per seed, None where not finished.
+        progress: dict[str, Any] = {}
         for task in ev.tasks:
-            folders = [self.finetune_seed(key, model, task, i) for i in range(ev.seeds)]
-            per_seed = [json.loads((f / "metrics.json").read_text("utf-8")) for f in folders]
-            results[_canon(task)] = _combine_seeds(per_seed, folders[0].parent)
+            folders = [
+                self._finished(self.finetune_seed, key, model, task, i) for i in range(ev.seeds)
+            ]
+            per_seed = [
+                json.loads((f / "metrics.json").read_text("utf-8")) if f else None for f in folders
+            ]
+            progress[_canon(task)] = [m and m["score"] for m in per_seed]
+            if all(per_seed):
+                results[_canon(task)] = _combine_seeds(
+                    per_seed, folders[0].parent, write=not self.collect_only
+                )
         if ev.zeroshot:
-            folder = self.zeroshot(key, model)
-            results["stsb-zeroshot"] = json.loads((folder / "metrics.json").read_text("utf-8"))
+            folder = self._finished(self.zeroshot, key, model)
+            if folder:
+                results["stsb-zeroshot"] = json.loads((folder / "metrics.json").read_text("utf-8"))
+            progress["stsb-zeroshot"] = results.get("stsb-zeroshot", {}).get("score")
+        if len(results) < len(ev.tasks) + ev.zeroshot:
+            raise Pending(self.out / "eval" / key, progress)
         return results
+
+    def _finished(self, run, *args) -> Path | None:
+        """``run(*args)``; None if it is not finished and the study only collects."""
+        try:
+            return run(*args)
+        except Pending:
+            return None
 
     def finetune_seed(self, key: str, model: _Step, task: str, i: int) -> Path:
         """Fine-tune ``model`` on ``task`` with the ``i``-th seed (if not done); its folder."""
@@ -542,6 +574,8 @@ class _Study:
             {"upstream": {k: v.digest for k, v in models.items()}, "bench": to_dict(b)},
         )
         if not st.done:
+            if self.collect_only:
+                return None
             t = st.start()
             bench(cfg)
             st.finish(t)
@@ -673,9 +707,11 @@ def _save_atomically(
     tmp.rename(folder)
 
 
-def _combine_seeds(per_seed: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+def _combine_seeds(
+    per_seed: list[dict[str, Any]], folder: Path, write: bool = True
+) -> dict[str, Any]:
     """One ``metrics.json`` over seeds, in the format ``finetune`` writes for ``--seeds N``
-    (so that ``distilkit compare`` can collect it too)."""
+    (so that ``distilkit compare`` can collect it too); ``write``: save it in ``folder``."""
     from distilkit.finetune import summarise
 
     runs = [r for result in per_seed for r in result["runs"]]
@@ -690,7 +726,10 @@ def _combine_seeds(per_seed: list[dict[str, Any]], folder: Path) -> dict[str, An
         "runs": runs,
         "config": {**first["config"], "seeds": len(runs), "out": str(folder)},
     }
-    (folder / "metrics.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+    if write:
+        (folder / "metrics.json").write_text(
+            json.dumps(combined, indent=2) + "\n", encoding="utf-8"
+        )
     return combined
 
 
@@ -727,29 +766,68 @@ def ablate(cfg: AblateConfig) -> AblateResult:
             "report": report_md,
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation_size.json").write_text(
-        json.dumps({"size": cfg.size, "settings": to_dict(size)}, indent=2) + "\n"
-    )
-    restored = _restore_evaluations(out, mirror_folder(size))
-    if restored:
-        log.info("ablate: %d finished evaluation sub-run(s) restored from the mirror", restored)
-    study = _Study(size, out)
-    data = study.data()
-    teacher = study.teacher(data)
-    inits = study.inits(teacher)
-    if size.workers > 1:
+    if cfg.report_only:
+        # Read only: the study may be running in another process right now.
+        if not out.is_dir():
+            raise DistilkitError(
+                f"no study in {out}: nothing to report (run it without --report-only)"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ablation_size.json").write_text(
+            json.dumps({"size": cfg.size, "settings": to_dict(size)}, indent=2) + "\n"
+        )
+        restored = _restore_evaluations(out, mirror_folder(size))
+        if restored:
+            log.info("ablate: %d finished evaluation sub-run(s) restored from the mirror", restored)
+    study = _Study(size, out, collect_only=cfg.report_only)
+    try:
+        data = study.data()
+        teacher = study.teacher(data)
+        inits = study.inits(teacher)
+    except Pending as p:
+        raise DistilkitError(f"nothing to report yet: {p.folder} is not finished") from None
+    if size.workers > 1 and not cfg.report_only:
         study.run_workers(teacher, data, inits)
     students = study.students(teacher, data, inits)
-    models = {"teacher": teacher} | {v.slug: students[v.key] for v in variants}
-    evals = {label: study.evaluate(label, st) for label, st in models.items()}
-    bench_result = study.bench(models)
+    models = {"teacher": teacher} | {v.slug: students[v.key] for v in variants if v.key in students}
+    evals: dict[str, dict[str, Any]] = {}
+    # Models whose distillation or evaluations are not finished (only when collecting).
+    pending: list[dict[str, Any]] = [
+        {"key": v.key, "label": v.slug, "title": v.label, "distilled": False, "progress": {}}
+        for v in variants
+        if v.key not in students
+    ]
+    for label, st in models.items():
+        try:
+            evals[label] = study.evaluate(label, st)
+        except Pending as p:
+            v = next((v for v in variants if v.slug == label), None)
+            pending.append(
+                {
+                    "key": v.key if v else "teacher",
+                    "label": label,
+                    "title": v.label if v else "teacher",
+                    "distilled": True,
+                    "progress": p.progress,
+                }
+            )
+    if "teacher" not in evals:
+        raise DistilkitError(
+            "nothing to report yet: the teacher's evaluations are not finished "
+            f"({_progress_text(pending[-1]['progress'] if pending else {})})"
+        )
+    bench_result = study.bench(models) if not pending else None
 
     rows = []
     for label, st in models.items():
+        if label not in evals:
+            continue
         v = next((v for v in variants if v.slug == label), None)
         rows.append(_row(label, v, st, evals[label], bench_result, size))
-    report = build_report(rows, [_canon(t) for t in size.evaluate.tasks])
+    order = {v.key: i for i, v in enumerate(variants)}
+    pending.sort(key=lambda p: order.get(p["key"], -1))
+    report = build_report(rows, [_canon(t) for t in size.evaluate.tasks], pending)
     report["size"] = cfg.size
     report["settings"] = to_dict(size)
     report["teacher_adapt"] = (teacher.record or {}).get("summary", {})
@@ -762,10 +840,21 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     files = write_report(
         report,
         report_md,
-        {v.slug: students[v.key].folder for v in variants if v.distill},
+        {v.slug: students[v.key].folder for v in variants if v.distill and v.key in students},
         out / "bench",
     )
     return AblateResult(out, report_md, files, report, study.ran)
+
+
+def _progress_text(progress: dict[str, Any]) -> str:
+    """'cola 2/3 seeds, sst2 0/3, ...' for a model's unfinished evaluations."""
+    parts = []
+    for task, values in progress.items():
+        if isinstance(values, list):
+            parts.append(f"{task} {sum(v is not None for v in values)}/{len(values)} seeds")
+        else:
+            parts.append(f"{task} {'done' if values is not None else 'not done'}")
+    return ", ".join(parts) or "not started"
 
 
 def _canon(task: str) -> str:

@@ -40,9 +40,22 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".") or "<all>"]
 
 
+class Pending(Exception):
+    """A sub-run that is not finished, met by a study that only collects results
+    (``distilkit ablate --report-only``)."""
+
+    def __init__(self, folder: Path, progress: dict[str, Any] | None = None):
+        super().__init__(f"{folder} is not finished")
+        self.folder = folder
+        self.progress = progress
+
+
 class _Step:
     """One sub-run: its output ``folder`` and the record ``<folder>.step.json`` beside it."""
 
+    collect_only = False
+    """Set for a study that only collects finished results: ``start`` raises ``Pending``
+    instead of writing a record."""
     mirror: tuple[Path, Path] | None = None
     """(study folder, mirror folder): finished records and small result files are copied
     there too (``_mirror_small``)."""
@@ -77,6 +90,8 @@ class _Step:
         return bool(self.record) and self.record.get("settings") == self.settings
 
     def start(self) -> float:
+        if self.collect_only:
+            raise Pending(self.folder)
         self._write({"settings": self.settings, "finished": False, "started": _now()})
         return time.time()
 

@@ -36,6 +36,12 @@ def add_arguments(p) -> None:
         help="sizes YAML: a mapping from size name to the keys below "
         "(default: configs/ablation.yaml)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the report from the sub-runs finished so far (safe while "
+        "the study runs), listing the models not finished yet",
+    )
     p.add_argument("--print-config", action="store_true", help=PRINT_CONFIG_HELP)
     p.add_argument(
         "overrides",
@@ -70,6 +76,7 @@ def run(args) -> int:
             overrides=list(args.overrides),
             report=args.report or "",
             command=command,
+            report_only=args.report_only,
         )
     )
     rows = result.report["rows"]
@@ -78,6 +85,8 @@ def run(args) -> int:
         ret = "n/a" if r["retention"] is None else f"{r['retention']:.1f}%"
         delta = "" if r["delta_vs_i"] is None else f"{r['delta_vs_i']:+.2f}"
         print(f"{r['label']:<22}{100 * r['macro']:>7.1f}{ret:>11}{delta:>10}")
+    for p in result.report.get("pending", []):
+        print(f"{p['label']:<22}{'not finished':>28}")
     reused = "all sub-runs reused" if not result.ran else f"{len(result.ran)} sub-runs run now"
     print(f"\n{reused}; report: {result.report_md}")
     return 0
