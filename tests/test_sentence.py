@@ -235,3 +235,49 @@ def test_mixed_spans_embed_the_sentences_and_their_whole_passages():
         [(7, 8, 5), (9, 10, 5), (11, 12, 13), (7, 8, 5, 9, 10, 5), (11, 12, 13)]
     )
     assert [len(r) for r in rows] == sorted(len(r) for r in rows)
+
+
+def test_bank_is_the_teachers_embeddings_of_evenly_spread_training_spans(sentence_teacher):
+    """L_bank's bank: fixed by the data alone (no seed, no batch size), so a resumed run
+    rebuilds it exactly; its rows are the teacher's pooled, normalised embeddings of the
+    spans ``prepare_batch`` cuts, and L_bank is 0 for a student that is the teacher."""
+    from distilkit.sentence import EmbeddingObjective
+
+    teacher = AutoModel.from_pretrained(sentence_teacher).eval()
+    spec = sentence_spec(sentence_teacher)
+    gen = torch.Generator().manual_seed(4)
+    seqs = []
+    for n in (30, 25, 18, 30, 12, 22, 27, 16):
+        row = torch.randint(6, 40, (n,), generator=gen)
+        row[::7] = 5
+        row[0], row[-1] = 2, 3
+        seqs.append(row.numpy())
+    specials = {"cls": 2, "sep": 3, "pad": 0}
+    cfg = EmbeddingLossConfig(alpha_bank=1.0, bank_size=6, spans="mixed", min_tokens=2)
+    obj = EmbeddingObjective(teacher, teacher, spec, cfg, specials, [5], bank_data=seqs)
+    again = EmbeddingObjective(teacher, teacher, spec, cfg, specials, [5], bank_data=seqs)
+    assert obj.bank.shape == (6, teacher.config.hidden_size)
+    assert torch.equal(obj.bank, again.bank)
+    assert torch.allclose(obj.bank.norm(dim=-1), torch.ones(6), atol=1e-5)
+    # Sequences 0, 2 and 5 of 8 (bank_size // 2 of them, evenly spaced), cut and embedded.
+    picked = [seqs[i] for i in (0, 2, 5)]
+    ids = torch.zeros(3, 30, dtype=torch.long)
+    for r, row in enumerate(picked):
+        ids[r, : len(row)] = torch.as_tensor(row)
+    b = obj.prepare_batch({"original_ids": ids, "attention_mask": (ids != 0).long()})
+    with torch.no_grad():
+        want = teacher(input_ids=b["sent_ids"], attention_mask=b["sent_mask"])[0]
+    want = torch.nn.functional.normalize(pool_embeddings(want, b["sent_mask"], spec), dim=-1)
+    assert torch.allclose(obj.bank, want[:6], atol=1e-5)
+    batch = obj.prepare_batch(
+        {
+            "original_ids": torch.as_tensor(seqs[0])[None],
+            "attention_mask": torch.ones(1, 30, dtype=torch.long),
+        }
+    )
+    norms = {k: float(v) for k, v in obj.rows(batch).items()}
+    assert float(obj.losses(teacher, batch, norms)["bank"].detach()) < 1e-6
+    with pytest.raises(DistilkitError, match="bank_size must be >= 2"):
+        EmbeddingLossConfig(alpha_bank=1.0, bank_size=1).validate()
+    with pytest.raises(DistilkitError, match="needs the training data"):
+        EmbeddingObjective(teacher, teacher, spec, cfg, specials, [5])
