@@ -794,7 +794,14 @@ def ablate(cfg: AblateConfig) -> AblateResult:
     evals: dict[str, dict[str, Any]] = {}
     # Models whose distillation or evaluations are not finished (only when collecting).
     pending: list[dict[str, Any]] = [
-        {"key": v.key, "label": v.slug, "title": v.label, "distilled": False, "progress": {}}
+        {
+            "key": v.key,
+            "label": v.slug,
+            "title": v.label,
+            "distilled": False,
+            "needs_distill": True,
+            "progress": {},
+        }
         for v in variants
         if v.key not in students
     ]
@@ -808,7 +815,9 @@ def ablate(cfg: AblateConfig) -> AblateResult:
                     "key": v.key if v else "teacher",
                     "label": label,
                     "title": v.label if v else "teacher",
-                    "distilled": True,
+                    "distilled": bool(v and v.distill),
+                    "needs_distill": bool(v and v.distill),
+                    "distill": (st.record or {}).get("summary", {}) if v and v.distill else {},
                     "progress": p.progress,
                 }
             )

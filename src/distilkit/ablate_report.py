@@ -204,7 +204,7 @@ def render_markdown(report: dict[str, Any], figures: str) -> str:
         "",
         "## Distillation runs (one budget for all)",
         "",
-        *_distill_table(report["rows"]),
+        *_distill_table([*report["rows"], *pending]),
         "",
         f"![loss curves]({figures}/curves.png)",
         "",
@@ -265,7 +265,8 @@ def _pending_lines(tasks: list[str], pending: list[dict[str, Any]], n_rows: int)
     ]
     for p in pending:
         progress = p.get("progress") or {}
-        cells = [f"({p['key']}) {p['title']}", "yes" if p.get("distilled") else "not yet"]
+        distilled = "yes" if p.get("distilled") else "not yet" if p.get("needs_distill") else "—"
+        cells = [f"({p['key']}) {p['title']}", distilled]
         for t in tasks:
             values = progress.get(t)
             if not values:
@@ -464,21 +465,24 @@ def _gate_lines(gates: list[dict[str, Any]]) -> list[str]:
 
 
 def _distill_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per distilled student: the paper track's held-out MLM figures, the embedding
+    track's held-out sentence-embedding figures (each n/a for the other track)."""
     lines = [
         "| | student | steps | tokens | wall time | held-out MLM loss | MLM acc. | "
-        "agreement with teacher | cosine loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "agreement with teacher | cosine loss | embedding cosine | neighbour agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["distilled"]:
             continue
-        d = r["distill"]
+        d = r.get("distill") or {}
         h = d.get("held_out", {})
         lines.append(
             f"| ({r['key']}) | {r['title']} | {d.get('steps', 'n/a')} | "
             f"{_f(d.get('tokens'), ',.0f')} | {_dur(d.get('train_seconds'))} | "
             f"{_f(h.get('student_mlm_loss'), '.3f')} | {_f(h.get('student_accuracy'), '.3f')} | "
-            f"{_f(h.get('agreement'), '.3f')} | {_f(h.get('cosine_loss'), '.3f')} |"
+            f"{_f(h.get('agreement'), '.3f')} | {_f(h.get('cosine_loss'), '.3f')} | "
+            f"{_f(h.get('embedding_cosine'), '.3f')} | {_f(h.get('neighbour_agreement'), '.3f')} |"
         )
     return lines
 
