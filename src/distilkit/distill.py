@@ -269,15 +269,13 @@ def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> D
         if rt.main:
             log.info(
                 "teacher %s is a sentence encoder (%s pooling%s): distilling its sentence "
-                "embeddings (L_emb %g, L_sim %g, L_rank %g, L_bank %g, L_tok %g, L_layers %g on "
-                "%s)",
+                "embeddings (L_emb %g, L_sim %g, L_rank %g, L_tok %g, L_layers %g on %s)",
                 cfg.teacher,
                 spec.pooling,
                 ", normalised" if spec.normalize else "",
                 loss.embedding.alpha_emb,
                 loss.embedding.alpha_sim,
                 loss.embedding.alpha_rank,
-                loss.embedding.alpha_bank,
                 loss.embedding.alpha_tok,
                 loss.embedding.alpha_layers,
                 loss.embedding.spans,
@@ -319,7 +317,6 @@ def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> D
             data.special_ids,
             sentence_ends(t_tok),
             _layer_targets(student_ref, teacher) if loss.embedding.alpha_layers else None,
-            bank_data=data,
         )
     else:
         from distilkit.student import student_summary
@@ -528,9 +525,7 @@ def _model_card(cfg, loss, kind, student_ref, result, t_params, s_params, tps) -
         e = loss.embedding
         losses = (
             f"sentence-embedding objective: alpha_emb={e.alpha_emb}, alpha_sim={e.alpha_sim}, "
-            f"alpha_rank={e.alpha_rank} (T {e.rank_temperature}), alpha_bank={e.alpha_bank} "
-            f"({e.bank_size} spans), alpha_tok={e.alpha_tok}, alpha_layers={e.alpha_layers}, "
-            f"spans={e.spans} "
+            f"alpha_rank={e.alpha_rank} (T {e.rank_temperature}), alpha_tok={e.alpha_tok}, alpha_layers={e.alpha_layers}, spans={e.spans} "
             f"({e.min_tokens}-{e.max_tokens} tokens)"
         )
         tags, where = "[distilkit, distillation, sentence-transformers]", "held-out sentences"

@@ -124,28 +124,3 @@ def similarity_kl(
     t_logp = F.log_softmax(t_logits, dim=-1)
     kl = (t_logp.exp() * (t_logp - F.log_softmax(s_logits, dim=-1))).sum()
     return kl / _norm(n, normalizer)
-
-
-def bank_kl(
-    student_emb: torch.Tensor,
-    teacher_emb: torch.Tensor,
-    bank: torch.Tensor,
-    temperature: float,
-    normalizer: float | None = None,
-) -> torch.Tensor:
-    """L_bank = mean over sentences i of KL(q_t(i, .) || q_s(i, .)), where q(i, m) is the
-    softmax over the M bank entries of cos(e_i, b_m) / ``temperature``.
-
-    ``(S, H)`` embeddings of one micro-batch and ``(M, H)`` teacher embeddings of a fixed bank
-    of other texts. Each sentence is ranked against thousands of texts instead of the few
-    dozen of its batch (the gain of a large batch, at the cost of one matrix product), and
-    both distributions read the *teacher's* bank, so the student is placed where the teacher
-    puts the sentence relative to fixed points of the teacher's space.
-    """
-    s = F.normalize(student_emb.float(), dim=-1)
-    t = F.normalize(teacher_emb.float(), dim=-1)
-    b = F.normalize(bank.float(), dim=-1)
-    t_logp = F.log_softmax(t @ b.T / temperature, dim=-1)  # (S, M)
-    s_logp = F.log_softmax(s @ b.T / temperature, dim=-1)  # (S, M)
-    kl = (t_logp.exp() * (t_logp - s_logp)).sum()
-    return kl / _norm(s.shape[0], normalizer)

@@ -28,13 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distilkit.errors import DistilkitError
-from distilkit.losses import (
-    bank_kl,
-    embedding_cosine,
-    hidden_cosine,
-    similarity_kl,
-    similarity_mse,
-)
+from distilkit.losses import embedding_cosine, hidden_cosine, similarity_kl, similarity_mse
 
 # Rows per forward chunk of the sentence objective: enough to keep the matrix products large,
 # few enough that rows of one chunk have similar lengths.
@@ -193,14 +187,7 @@ class EmbeddingLossConfig:
     """L_rank: KL between the teacher's and the student's softmax over each sentence's in-batch
     neighbours (cosine / rank_temperature): the ranking that search reads."""
     rank_temperature: float = 0.05
-    """Temperature of L_rank's and L_bank's softmax (0.05: sentence-transformers' scale of 20)."""
-    alpha_bank: float = 0.0
-    """L_bank: like L_rank, but each sentence is ranked against a fixed bank of the teacher's
-    embeddings of ``bank_size`` spans of the training data (computed once, at the start)
-    instead of its batch: the neighbours of a large batch at the cost of a small one."""
-    bank_size: int = 4096
-    """Spans in L_bank's bank: cut (as ``spans`` says) from training sequences spread evenly
-    over the data, the same whatever the seed or batch size, so a resume rebuilds it exactly."""
+    """Temperature of L_rank's softmax (0.05: sentence-transformers' scale of 20)."""
     alpha_tok: float = 0.0
     """Token-level L_cos on the same sentences (the paper's cosine loss)."""
     alpha_layers: float = 0.0
@@ -219,21 +206,13 @@ class EmbeddingLossConfig:
     """Longest sentence (body tokens); longer runs are cut."""
 
     def validate(self) -> None:
-        for name in (
-            "alpha_emb",
-            "alpha_sim",
-            "alpha_rank",
-            "alpha_bank",
-            "alpha_tok",
-            "alpha_layers",
-        ):
+        for name in ("alpha_emb", "alpha_sim", "alpha_rank", "alpha_tok", "alpha_layers"):
             if not getattr(self, name) >= 0:  # also rejects NaN
                 raise DistilkitError(f"loss.embedding.{name} must be >= 0")
         if not (
             self.alpha_emb
             or self.alpha_sim
             or self.alpha_rank
-            or self.alpha_bank
             or self.alpha_tok
             or self.alpha_layers
         ):
@@ -249,8 +228,6 @@ class EmbeddingLossConfig:
                 "loss.embedding.spans=pairs trains L_tok or L_layers on sentence pairs: set "
                 "alpha_tok or alpha_layers > 0"
             )
-        if self.alpha_bank and not self.bank_size >= 2:
-            raise DistilkitError("loss.embedding.bank_size must be >= 2 when alpha_bank > 0")
         if not 1 <= self.min_tokens <= self.max_tokens:
             raise DistilkitError("loss.embedding needs 1 <= min_tokens <= max_tokens")
 
@@ -267,15 +244,12 @@ class EmbeddingObjective:
         special_ids: dict[str, int],
         end_ids: list[int],
         layer_targets: list[int] | None = None,
-        bank_data=None,
     ):
-        """``bank_data``: the training ``TokenDataset``, which L_bank's bank is cut from."""
         self.student, self.teacher, self.spec, self.cfg = student, teacher, spec, cfg
         w = {
             "emb": cfg.alpha_emb,
             "sim": cfg.alpha_sim,
             "rank": cfg.alpha_rank,
-            "bank": cfg.alpha_bank,
             "tok": cfg.alpha_tok,
             "layers": cfg.alpha_layers,
         }
@@ -287,43 +261,6 @@ class EmbeddingObjective:
         self.specials = special_ids
         self.ends = set(end_ids)
         self.find_unused = False
-        self.bank: torch.Tensor | None = None  # (M, H) teacher embeddings, normalised
-        if cfg.alpha_bank:
-            if bank_data is None:
-                raise DistilkitError("loss.embedding.alpha_bank needs the training data")
-            self.bank = self.build_bank(bank_data)
-
-    def build_bank(self, data) -> torch.Tensor:
-        """The teacher's embeddings ``(M, H)`` of ``bank_size`` spans, cut by ``prepare_batch``
-        from training sequences at evenly spaced indices (deterministic: no seed involved)."""
-        n = len(data)
-        # Enough sequences for the bank: a packed sequence gives a few sentences at least.
-        wanted = min(n, max(1, self.cfg.bank_size // 2))
-        picks = sorted({int(i * n / wanted) for i in range(wanted)})
-        device = next(self.teacher.parameters()).device
-        rows, chunks, total = [], [], 0
-        for k, i in enumerate(picks):
-            rows.append(torch.as_tensor(data[i], dtype=torch.long))
-            if len(rows) == 64 or k == len(picks) - 1:
-                longest = max(len(r) for r in rows)
-                ids = torch.full((len(rows), longest), self.specials["pad"], dtype=torch.long)
-                att = torch.zeros_like(ids)
-                for r, row in enumerate(rows):
-                    ids[r, : len(row)], att[r, : len(row)] = row, 1
-                b = self.prepare_batch({"original_ids": ids, "attention_mask": att})
-                with torch.no_grad():
-                    emb = self._forward(
-                        self.teacher, b["sent_ids"].to(device), b["sent_mask"].to(device), None
-                    )[0]
-                chunks.append(F.normalize(emb.float(), dim=-1))
-                total += emb.shape[0]
-                rows = []
-                if total >= self.cfg.bank_size:
-                    break
-        bank = torch.cat(chunks)[: self.cfg.bank_size]
-        if bank.shape[0] < 2:
-            raise DistilkitError("the training data gives fewer than 2 spans for L_bank's bank")
-        return bank
 
     def train_module(self) -> nn.Module:
         return self.student
@@ -366,7 +303,6 @@ class EmbeddingObjective:
             "emb": b["n_sentences"],
             "sim": b["n_sentences"] ** 2,
             "rank": b["n_sentences"],
-            "bank": b["n_sentences"],
             "tok": b["n_tokens"],
             "layers": b["n_tokens"] * len(self.layer_targets),
         }
@@ -409,7 +345,7 @@ class EmbeddingObjective:
         s_pick = [i + 1 for i in range(len(self.layer_targets))] if want_layers else None
         t_pick = self.layer_targets if want_layers else None
         out, s_tok, t_tok = {}, None, None
-        if {"emb", "sim", "rank", "bank"} & set(self.weights) or not on_pairs:
+        if {"emb", "sim", "rank"} & set(self.weights) or not on_pairs:
             ids, mask = b["sent_ids"], b["sent_mask"]
             s = self._forward(module, ids, mask, None if on_pairs else s_pick)
             with torch.no_grad():
@@ -420,10 +356,6 @@ class EmbeddingObjective:
                 out["sim"] = similarity_mse(s[0], t[0], norms["sim"])
             if "rank" in self.weights:
                 out["rank"] = similarity_kl(s[0], t[0], self.cfg.rank_temperature, norms["rank"])
-            if "bank" in self.weights:
-                out["bank"] = bank_kl(
-                    s[0], t[0], self.bank, self.cfg.rank_temperature, norms["bank"]
-                )
             s_tok, t_tok = s, t
         if on_pairs:
             ids, mask = b["pair_ids"], b["pair_mask"]
