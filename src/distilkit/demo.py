@@ -99,9 +99,6 @@ class DemoConfig:
     'default' (evenly spaced, first and last kept: the paper's rule)."""
     alpha_rank: float = 1.0
     """Weight of L_rank, the in-batch ranking loss of the sentence objective."""
-    alpha_bank: float = 0.0
-    """Weight of L_bank: each sentence ranked against a fixed bank of the teacher's embeddings
-    of training spans (loss.embedding.alpha_bank)."""
     spans: str = "mixed"
     """What the sentence objective embeds: sentences and their passages (see loss.embedding)."""
     glue_dir: str = ""
@@ -168,9 +165,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     if cfg.layers not in ("search", "default"):
         raise DistilkitError(f"demo layers must be 'search' or 'default', got {cfg.layers!r}")
-    EmbeddingLossConfig(
-        alpha_rank=cfg.alpha_rank, alpha_bank=cfg.alpha_bank, spans=cfg.spans
-    ).validate()  # before any work
+    EmbeddingLossConfig(alpha_rank=cfg.alpha_rank, spans=cfg.spans).validate()  # before any work
     root = Path(cfg.out_dir)
     _claim_folder(root, cfg.overwrite)
     t0 = time.time()
@@ -215,9 +210,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             data=str(root / "data"),
             out_dir=str(root / "student"),
             loss=LossConfig(
-                embedding=EmbeddingLossConfig(
-                    alpha_rank=cfg.alpha_rank, alpha_bank=cfg.alpha_bank, spans=cfg.spans
-                )
+                embedding=EmbeddingLossConfig(alpha_rank=cfg.alpha_rank, spans=cfg.spans)
             ),
             train=TrainConfig(
                 max_steps=cfg.distill_steps,
