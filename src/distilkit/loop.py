@@ -121,13 +121,7 @@ class TrainConfig:
     seed: int = 56
     """Seed of the batch order, the masks and dropout."""
     group_by_length: bool = True
-    """Batch sequences of similar length together to cut padding (not with contiguous > 1)."""
-    contiguous: int = 1
-    """Draw each batch as shuffled runs of this many consecutive training sequences. ``prepare``
-    packs documents in order, so a run is a stretch of one document: related texts share a
-    batch, and the sentence objective's in-batch losses (L_sim, L_rank) learn the teacher's
-    fine distinctions between them, not only the easy ones between unrelated texts. 1: every
-    sequence drawn on its own."""
+    """Batch sequences of similar length together to cut padding."""
     log_every: int = 10
     """Log and record the training losses every N optimizer steps."""
     eval_every: int = 0
@@ -158,7 +152,7 @@ class TrainConfig:
     train.optim.lr, train.max_steps]; any other difference stops the resume. Recorded."""
 
     def validate(self) -> None:
-        for name in ("batch_size", "grad_accumulation", "log_every", "contiguous"):
+        for name in ("batch_size", "grad_accumulation", "log_every"):
             if getattr(self, name) < 1:
                 raise DistilkitError(f"train.{name} must be >= 1")
         if self.max_steps < 0 or self.epochs < 0 or (self.max_steps == 0 and self.epochs == 0):
@@ -238,23 +232,16 @@ def global_batches(
     epoch: int,
     group_by_length: bool,
     multiple: int = 1,
-    contiguous: int = 1,
 ) -> list[np.ndarray]:
     """The epoch's global batches of ``size`` sequence indices, as one process would see them.
 
     Length grouping sorts windows of 50 batches by length, so each batch holds similar lengths,
     then shuffles the batches. The count is a multiple of ``multiple`` (the accumulation), so
-    that no window spans two epochs. ``contiguous`` > 1: the order is a shuffle of runs of that
-    many consecutive indices (the last run may be shorter), and no length grouping.
+    that no window spans two epochs.
     """
     rng = np.random.default_rng([seed, epoch])
-    if contiguous > 1:
-        starts = np.arange(0, len(lengths), contiguous)
-        runs = [np.arange(a, min(a + contiguous, len(lengths))) for a in rng.permutation(starts)]
-        perm = np.concatenate(runs) if runs else np.zeros(0, dtype=np.int64)
-    else:
-        perm = rng.permutation(len(lengths))
-    if group_by_length and contiguous == 1:
+    perm = rng.permutation(len(lengths))
+    if group_by_length:
         window = size * 50
         chunks = []
         for start in range(0, len(perm), window):
@@ -277,7 +264,6 @@ def epoch_batches(
     world: int = 1,
     rank: int = 0,
     multiple: int = 1,
-    contiguous: int = 1,
 ) -> list[np.ndarray]:
     """This rank's micro-batches of sequence indices for one epoch.
 
@@ -288,9 +274,7 @@ def epoch_batches(
     rows = slice(rank * batch_size, (rank + 1) * batch_size)
     return [
         g[rows]
-        for g in global_batches(
-            lengths, batch_size * world, seed, epoch, group_by_length, multiple, contiguous
-        )
+        for g in global_batches(lengths, batch_size * world, seed, epoch, group_by_length, multiple)
     ]
 
 
@@ -665,7 +649,6 @@ class _Trainer:
             rt.world,
             rt.rank,
             cfg.grad_accumulation,
-            cfg.contiguous,
         )
         per_epoch = self.per_epoch = len(batches) // cfg.grad_accumulation
         if per_epoch == 0:
@@ -1133,7 +1116,6 @@ def _micro_batches(
             epoch,
             cfg.group_by_length,
             cfg.grad_accumulation,
-            cfg.contiguous,
         )
         if cursor >= len(batches):
             epoch, cursor = epoch + 1, 0
