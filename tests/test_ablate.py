@@ -219,6 +219,25 @@ def test_report_only_without_a_finished_teacher_is_one_clear_error(study, tmp_pa
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def test_a_report_path_that_is_not_ours_is_refused_before_any_work(tmp_path, capsys):
+    """A careless --report README.md must not cost the user the file, hours later."""
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    out = tmp_path / "study"
+    argv = ["ablate", "--size", "tiny", "--sizes", str(SIZES), "--out", str(out)]
+    assert cli.main([*argv, "--report", str(notes)]) != 0
+    assert "was not written by distilkit ablate" in capsys.readouterr().err
+    assert notes.read_text() == "# my notes\n" and not out.exists()
+    figures = tmp_path / "fresh"
+    figures.mkdir()
+    (figures / "holiday.png").write_bytes(b"x")
+    assert cli.main([*argv, "--report", str(tmp_path / "fresh.md")]) != 0
+    assert "holds files distilkit did not write (holiday.png)" in capsys.readouterr().err
+    assert cli.main([*argv, "--report", str(tmp_path / "report.txt")]) != 0
+    assert "ending in .md" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_workers_give_the_same_numbers_as_one_process(study, tmp_path):
     cfg, serial = study
     parallel = ablate(

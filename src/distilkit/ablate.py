@@ -739,11 +739,12 @@ def _combine_seeds(
 
 def ablate(cfg: AblateConfig) -> AblateResult:
     """Run (or resume) the whole study and write the report; see the module docstring."""
-    from distilkit.ablate_report import build_report, write_report
+    from distilkit.ablate_report import build_report, check_report_target, write_report
 
     size = load_size(cfg.size, cfg.sizes_file or None, cfg.overrides)
     out = Path(cfg.out or f"runs/ablation-{cfg.size}")
     report_md = Path(cfg.report or size.report or out / "report" / "ablation.md")
+    check_report_target(report_md)
     variants = active_variants(size)
     log_plan(
         log,

@@ -186,7 +186,7 @@ def render_markdown(report: dict[str, Any], figures: str) -> str:
     has_speed = any(r.get("latency_ms") is not None for r in report["rows"])
     pending = report.get("pending") or []
     parts = [
-        "# Ablation: what each part of the DistilBERT recipe is worth (paper Table 4)",
+        TITLE,
         "",
         *_pending_lines(report["tasks"], pending, len(report["rows"])),
         *_intro(report),
@@ -618,6 +618,43 @@ def render_delta(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+TITLE = "# Ablation: what each part of the DistilBERT recipe is worth (paper Table 4)"
+_FIGURE_FILES = ("ablation.json", "scores.png", "curves.png", "delta.png", "speed.png", "bench.md")
+
+
+def check_report_target(md: Path) -> None:
+    """Refuse, before any work, a report path that would overwrite what ``write_report`` did
+    not write: a file without the report's title, or a figure folder beside it that holds
+    other files. A study runs for hours; a careless ``--report README.md`` must not end it
+    by replacing the user's file."""
+    from distilkit.errors import DistilkitError
+
+    if md.suffix != ".md":
+        raise DistilkitError(f"--report {md}: give a markdown path ending in .md")
+    if md.exists():
+        if not md.is_file():
+            raise DistilkitError(f"--report {md} exists and is not a file")
+        with md.open(encoding="utf-8", errors="replace") as f:
+            first = f.readline().rstrip("\n")
+        if first != TITLE:
+            raise DistilkitError(
+                f"--report {md} exists and was not written by distilkit ablate; give another path"
+            )
+    figures = md.with_suffix("")
+    if figures.exists():
+        if not figures.is_dir():
+            raise DistilkitError(
+                f"{figures} (the report's figure folder) exists and is not a folder"
+            )
+        ours = set(_FIGURE_FILES) | {"subruns"}
+        others = sorted(p.name for p in figures.iterdir() if p.name not in ours)
+        if others and not (figures / "ablation.json").is_file():
+            raise DistilkitError(
+                f"{figures} (the report's figure folder) holds files distilkit did not write "
+                f"({', '.join(others[:3])}); give another --report"
+            )
 
 
 def write_report(
