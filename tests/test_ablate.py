@@ -259,7 +259,7 @@ def test_workers_give_the_same_numbers_as_one_process(study, tmp_path):
 
 _PARENT = """
 import multiprocessing as mp, os, sys, time
-from distilkit.ablate import _worker_init
+from distilkit.ablate_workers import _worker_init
 
 def child(path):
     _worker_init()
@@ -290,7 +290,8 @@ def test_workers_queue_distillations_then_zero_shots_then_one_model_after_anothe
     time, makes the order exact."""
     import concurrent.futures as cf
 
-    from distilkit import ablate as ablate_mod
+    from distilkit.ablate_study import _Study
+    from distilkit.ablate_workers import EVALUATION_ORDER, run_workers
 
     size = load_size("tiny", str(SIZES), ["workers=2", "evaluate.seeds=2"])
     assert size.embedding.enabled
@@ -313,10 +314,10 @@ def test_workers_queue_distillations_then_zero_shots_then_one_model_after_anothe
             return f
 
     monkeypatch.setattr(cf, "ProcessPoolExecutor", Inline)
-    study = ablate_mod._Study(size, tmp_path)
+    study = _Study(size, tmp_path)
     monkeypatch.setattr(study, "teacher_of", lambda v, teacher: teacher)
     monkeypatch.setattr(study, "start_of", lambda v, inits: inits["teacher"])
-    study.run_workers("teacher-model", "data", {"teacher": "init"})
+    run_workers(study, "teacher-model", "data", {"teacher": "init"})
 
     kinds = [job[0] for job in started]
     n_distill = sum(v.distill for v in VARIANTS)
@@ -328,9 +329,7 @@ def test_workers_queue_distillations_then_zero_shots_then_one_model_after_anothe
     # Every zero-shot score before any fine-tuning, then whole models in EVALUATION_ORDER.
     rest = started[n_distill:]
     assert {job[0] for job in rest[: len(VARIANTS) + 1]} == {"zeroshot"}
-    order = ["teacher"] + [
-        next(v.slug for v in VARIANTS if v.key == k) for k in ablate_mod.EVALUATION_ORDER
-    ]
+    order = ["teacher"] + [next(v.slug for v in VARIANTS if v.key == k) for k in EVALUATION_ORDER]
     finetunes = [job[1] for job in rest if job[0] == "finetune"]
     per_model = len(size.evaluate.tasks) * 2
     assert finetunes == [label for label in order for _ in range(per_model)]
