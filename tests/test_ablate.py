@@ -122,11 +122,11 @@ def test_report_has_embedding_goals_and_sanity_gates(study):
     assert "## Sanity gates" in md and "Embedding track" in md
 
 
-def test_rerun_reuses_every_finished_sub_run(study, monkeypatch, capsys):
-    cfg, first = study
+def _forbid_sub_runs(monkeypatch, message: str) -> None:
+    """Make every stage a sub-run could call fail the test with ``message``."""
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("a finished sub-run was run again")
+        raise AssertionError(message)
 
     for module, name in (
         ("distilkit.data", "prepare"),
@@ -137,6 +137,11 @@ def test_rerun_reuses_every_finished_sub_run(study, monkeypatch, capsys):
         ("distilkit.bench", "bench"),
     ):
         monkeypatch.setattr(f"{module}.{name}", forbidden)
+
+
+def test_rerun_reuses_every_finished_sub_run(study, monkeypatch, capsys):
+    cfg, first = study
+    _forbid_sub_runs(monkeypatch, "a finished sub-run was run again")
     report = Path(cfg.out) / "rerun.md"
     argv = ["ablate", "--size", "tiny", "--out", cfg.out, "--sizes", str(SIZES)]
     assert cli.main([*argv, "--report", str(report), *cfg.overrides]) == 0
@@ -165,19 +170,7 @@ def test_report_only_reports_what_is_finished_and_writes_nothing_in_the_study(
     record = json.loads(stsb.read_text())
     stsb.write_text(json.dumps({"settings": record["settings"], "finished": False}))
     before = _tree(out)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("--report-only ran a sub-run")
-
-    for module, name in (
-        ("distilkit.data", "prepare"),
-        ("distilkit.adapt", "adapt_teacher"),
-        ("distilkit.distill", "distill"),
-        ("distilkit.finetune", "finetune"),
-        ("distilkit.zeroshot", "zeroshot"),
-        ("distilkit.bench", "bench"),
-    ):
-        monkeypatch.setattr(f"{module}.{name}", forbidden)
+    _forbid_sub_runs(monkeypatch, "--report-only ran a sub-run")
     report = tmp_path / "partial.md"
     argv = ["ablate", "--size", "tiny", "--out", str(out), "--sizes", str(SIZES)]
     assert cli.main([*argv, "--report-only", "--report", str(report), *cfg.overrides]) == 0
