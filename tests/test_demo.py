@@ -50,3 +50,34 @@ def test_demo_rejects_an_unknown_layer_choice_before_writing(tmp_path):
     with pytest.raises(DistilkitError, match="'search' or 'default'"):
         run_demo(DemoConfig(out_dir=str(tmp_path / "d"), layers="best"))
     assert not (tmp_path / "d").exists()
+
+
+def test_a_second_demo_on_a_running_demos_folder_stops_and_deletes_nothing(tmp_path):
+    import fcntl
+    import json
+    import os
+
+    from distilkit.demo import DEMO_MARKER, _claim_folder
+    from distilkit.errors import DistilkitError
+
+    root = tmp_path / "d"
+    first = _claim_folder(root, overwrite=False)  # the running demo holds the folder
+    (root / "data").mkdir()
+    (root / "data" / "shard.bin").write_bytes(b"x")
+    for overwrite in (False, True):
+        with pytest.raises(
+            DistilkitError, match=f"in use by another distilkit demo .*{os.getpid()}"
+        ):
+            run_demo(DemoConfig(out_dir=str(root), overwrite=overwrite))
+        assert (root / "data" / "shard.bin").read_bytes() == b"x"
+    assert json.loads((root / DEMO_MARKER).read_text())["pid"] == os.getpid()
+    os.close(first)  # the first demo ends: now --overwrite may take the folder
+    second = _claim_folder(root, overwrite=True)
+    try:
+        assert [p.name for p in root.iterdir()] == [DEMO_MARKER]
+        fd = os.open(root / DEMO_MARKER, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # and holds it in turn
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+    finally:
+        os.close(second)

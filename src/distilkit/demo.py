@@ -9,10 +9,12 @@ size and speed.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import inspect
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,12 +161,7 @@ def _paragraphs(text: str) -> list[str]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the offline pipeline end to end and return the summary it prints."""
-    from distilkit.data import PrepareConfig, prepare
-    from distilkit.distill import DistillConfig, LossConfig, distill
-    from distilkit.loop import OptimConfig, TrainConfig
-    from distilkit.modeling import packaged_minilm_path
     from distilkit.sentence import EmbeddingLossConfig
-    from distilkit.student import init_student
 
     if cfg.layers not in ("search", "default"):
         raise DistilkitError(f"demo layers must be 'search' or 'default', got {cfg.layers!r}")
@@ -172,7 +169,21 @@ def run_demo(cfg: DemoConfig) -> dict:
         alpha_rank=cfg.alpha_rank, rank_temperature=cfg.rank_temperature, spans=cfg.spans
     ).validate()  # before any work
     root = Path(cfg.out_dir)
-    _claim_folder(root, cfg.overwrite)
+    lock = _claim_folder(root, cfg.overwrite)
+    try:
+        return _run_demo(cfg, root)
+    finally:
+        os.close(lock)  # drops the flock: another demo may now --overwrite the folder
+
+
+def _run_demo(cfg: DemoConfig, root: Path) -> dict:
+    from distilkit.data import PrepareConfig, prepare
+    from distilkit.distill import DistillConfig, LossConfig, distill
+    from distilkit.loop import OptimConfig, TrainConfig
+    from distilkit.modeling import packaged_minilm_path
+    from distilkit.sentence import EmbeddingLossConfig
+    from distilkit.student import init_student
+
     t0 = time.time()
     teacher_src = str(packaged_minilm_path())
     corpus = root / "corpus.txt"
@@ -285,14 +296,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
-def _claim_folder(root: Path, overwrite: bool) -> None:
-    """Make ``root`` the demo's folder; --overwrite removes only a folder an earlier demo made."""
+def _claim_folder(root: Path, overwrite: bool) -> int:
+    """Make ``root`` the demo's folder; --overwrite removes only a folder an earlier demo made.
+
+    Returns a descriptor holding an exclusive flock on the folder's marker for the whole run,
+    so a second demo on the same folder stops with one line instead of deleting the files of
+    the one still running.
+    """
+    marker = root / DEMO_MARKER
     if root.exists() and not root.is_dir():
         raise DistilkitError(f"demo folder {root} is a file")
+    if marker.is_file():
+        _refuse_if_running(marker)
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
-        if not (root / DEMO_MARKER).is_file():
+        if not marker.is_file():
             raise DistilkitError(
                 f"demo folder {root} holds files distilkit demo did not make (no {DEMO_MARKER}); "
                 "choose another --out"
@@ -301,7 +320,37 @@ def _claim_folder(root: Path, overwrite: bool) -> None:
 
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / DEMO_MARKER).write_text(json.dumps({"made_by": "distilkit demo"}) + "\n")
+    # No O_TRUNC before the lock: a demo that lost the race must not blank the winner's marker.
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DistilkitError(_in_use(root, marker)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps({"made_by": "distilkit demo", "pid": os.getpid()}) + "\n").encode())
+    return fd
+
+
+def _refuse_if_running(marker: Path) -> None:
+    fd = os.open(marker, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DistilkitError(_in_use(marker.parent, marker)) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use(root: Path, marker: Path) -> str:
+    try:
+        pid = json.loads(marker.read_text() or "{}").get("pid", "?")
+    except (OSError, ValueError):
+        pid = "?"
+    return (
+        f"demo folder {root} is in use by another distilkit demo (process {pid}); wait for it "
+        "to end, or choose another --out"
+    )
 
 
 def _mean_loss(run: Path, first: bool, n: int = 3) -> float:
