@@ -516,7 +516,7 @@ def format_summary(s: dict) -> str:
             f"   {s['speedup']:.2f}x faster",
         ),
         row(
-            "doc search MRR (held out)",
+            "doc search MRR, test split",
             f"{q['teacher'][ds]:.3f}",
             f"{q['student'][ds]:.3f}",
             f"   {pct('student', ds)} of the teacher (layer-dropped, not distilled: "
@@ -531,7 +531,7 @@ def format_summary(s: dict) -> str:
             "doc search MRR, dev split",
             f"{q['teacher'][dd]:.3f}",
             f"{q['student'][dd]:.3f}",
-            f"   {pct('student', dd)} (the split the demo's settings were chosen on)",
+            f"   {pct('student', dd)} of the teacher (the split the demo's settings were chosen on)",
         ),
         row(
             "similarity agreement",
