@@ -28,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distilkit.biencoder import SCORE_RANGE, BiEncoder, check_task, tokenize_pairs
 from distilkit.config import ConfigError, from_dict, load_config, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.metrics import compute_metrics, result_json
 from distilkit.modeling import count_parameters, load_tokenizer, quiet_transformers, resolve_model
 from distilkit.plan import batch_text, log_plan
 from distilkit.runfolder import claim_folder
+from distilkit.sentence import sentence_spec
 from distilkit.tasks import ClassificationOptions, Example, TaskSpec, get_task, load_task
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,10 @@ class FinetuneConfig:
     """Log the training loss every N steps."""
     save_model: bool = False
     """Also save each seed's model to out/seed-N/model."""
+    form: str = "cross"
+    """'cross': both texts in one input and a new task head (GLUE's protocol, the paper's).
+    'bi' (STS-B): a bi-encoder, each sentence embedded alone with the model's own pooling and
+    the pair scored by cosine (distilkit.biencoder): how a sentence encoder is used."""
     classification: ClassificationOptions = field(default_factory=ClassificationOptions)
 
     def validate(self) -> None:
@@ -109,6 +115,8 @@ class FinetuneConfig:
         for name in ("max_steps", "max_train_examples", "max_eval_examples", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key '{name}' must be >= 0")
+        if self.form not in ("cross", "bi"):
+            raise ConfigError(f"config key 'form' must be 'cross' or 'bi', got {self.form!r}")
 
 
 def check_number(
@@ -370,7 +378,7 @@ def check_loading_info(name: str, info: dict, head_prefixes: tuple[str, ...]) ->
 
 
 def _load_classifier(ref: str, name: str, spec: TaskSpec, dropout: float | None) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
     if spec.kind == "regression":
@@ -379,11 +387,7 @@ def _load_classifier(ref: str, name: str, spec: TaskSpec, dropout: float | None)
         kwargs["id2label"] = dict(enumerate(spec.labels))
         kwargs["label2id"] = {label: i for i, label in enumerate(spec.labels)}
     try:
-        config = AutoConfig.from_pretrained(ref, **kwargs)
-        if dropout is not None:
-            for key in ("hidden_dropout_prob", "dropout", "seq_classif_dropout"):
-                if hasattr(config, key):
-                    setattr(config, key, dropout)
+        config = _config(ref, dropout, **kwargs)
         with quiet_transformers():
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 ref, config=config, output_loading_info=True
@@ -393,6 +397,40 @@ def _load_classifier(ref: str, name: str, spec: TaskSpec, dropout: float | None)
     check_loading_info(name, info, ("classifier", "pre_classifier", "score"))
     check_finite_weights(model, name)
     return model
+
+
+def _config(ref: str, dropout: float | None, **kwargs):
+    """The model's config, with the hidden dropout overridden when ``dropout`` is set."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ref, **kwargs)
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "dropout", "seq_classif_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    return config
+
+
+def _load_biencoder(ref: str, name: str, spec: TaskSpec, dropout: float | None = None) -> BiEncoder:
+    from transformers import AutoModel
+
+    try:
+        config = _config(ref, dropout)
+        with quiet_transformers():
+            encoder, info = AutoModel.from_pretrained(ref, config=config, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise load_error("model", name, "a sentence encoder", exc) from exc
+    check_loading_info(name, info, ())
+    check_finite_weights(encoder, name)
+    pooling = sentence_spec(ref) if Path(ref).is_dir() else None
+    return BiEncoder(encoder, pooling, SCORE_RANGE[spec.name], ref)
+
+
+def _inputs(model: nn.Module, tokenizer, examples: list[Example], max_length: int, device):
+    """One batch of model inputs: a pair in one sequence, or (bi-encoder) each side alone."""
+    if isinstance(model, BiEncoder):
+        return tokenize_pairs(tokenizer, examples, max_length, device)
+    return tokenize(tokenizer, examples, max_length, device)
 
 
 # ----------------------------------------------------------------------------- train / evaluate
@@ -432,7 +470,7 @@ def predict(
     out: list[np.ndarray] = []
     for start in range(0, len(order), batch_size):
         chunk = [examples[i] for i in order[start : start + batch_size]]
-        batch = tokenize(tokenizer, chunk, max_length, device)
+        batch = _inputs(model, tokenizer, chunk, max_length, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(**forward_kwargs(model, batch)).logits  # (B, C)
         out.append(logits.float().cpu().numpy())
@@ -478,7 +516,10 @@ def _train_one(
     device: torch.device,
 ) -> tuple[dict[str, Any], nn.Module]:
     set_seed(seed)  # before loading: the new head's initialisation depends on it
-    model = _load_classifier(ref, cfg.model, spec, cfg.dropout).to(device)
+    if cfg.form == "bi":
+        model = _load_biencoder(ref, cfg.model, spec, cfg.dropout).to(device)
+    else:
+        model = _load_classifier(ref, cfg.model, spec, cfg.dropout).to(device)
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
@@ -510,7 +551,7 @@ def _train_one(
     while step < total:
         for idx in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
             chunk = [train[i] for i in idx.tolist()]
-            batch = tokenize(tokenizer, chunk, cfg.max_length, device)
+            batch = _inputs(model, tokenizer, chunk, cfg.max_length, device)
             labels = _label_tensor(chunk, spec, device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(**forward_kwargs(model, batch)).logits  # (B, C)
@@ -618,6 +659,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
     device = pick_device(cfg.device)
     # Every input is checked before the folder is claimed and before any training: a bad file
     # costs seconds and one line, not a run.
+    if cfg.form == "bi":
+        check_task(cfg.task)
     data = load_task(cfg.task, cfg.data_dir, cfg.classification)
     spec = data.spec
     train = data.train
@@ -678,7 +721,8 @@ def _finetune_into(
         log,
         "finetune",
         {
-            "task": f"{spec.title} from {cfg.data_dir}",
+            "task": f"{spec.title} from {cfg.data_dir}"
+            + (" (bi-encoder: cosine of each sentence's embedding)" if cfg.form == "bi" else ""),
             "model": cfg.model,
             "data": f"{len(train):,} train examples (of {len(data.train):,}); dev "
             + ", ".join(f"{split} {len(ex):,}" for split, ex in dev.items()),

@@ -416,12 +416,19 @@ def save_sentence_transformer(
 ) -> None:
     """Write ``encoder`` into ``out`` in the sentence-transformers layout, with the teacher's
     pooling and normalisation, so that ``SentenceTransformer(out)`` loads it."""
-    teacher_dir = Path(teacher_dir)
     encoder.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_sentence_modules(encoder, out, teacher_dir, spec)
+
+
+def write_sentence_modules(
+    encoder: nn.Module, out: Path, source_dir: str | Path, spec: SentenceSpec
+) -> None:
+    """The sentence-transformers files beside a saved encoder: the module list, the pooling
+    config of ``source_dir`` (the sentence encoder ``spec`` was read from) and the length."""
     write_module_list(out, spec.normalize)
     shutil.copyfile(
-        teacher_dir / spec.pooling_dir / "config.json", out / "1_Pooling" / "config.json"
+        Path(source_dir) / spec.pooling_dir / "config.json", out / "1_Pooling" / "config.json"
     )
     max_len = spec.max_seq_length or getattr(encoder.config, "max_position_embeddings", 512)
     sbert = {"max_seq_length": int(max_len), "do_lower_case": False}

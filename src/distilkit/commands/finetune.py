@@ -15,6 +15,7 @@ FLAGS = {
     "out": "out",
     "seeds": "seeds",
     "max_train_examples": "max_train_examples",
+    "form": "form",
 }
 
 
@@ -40,6 +41,12 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds; the median is reported")
     p.add_argument(
         "--max-train-examples", type=int, help="train on a fixed random subset of this size"
+    )
+    p.add_argument(
+        "--form",
+        choices=["cross", "bi"],
+        help="cross: the pair in one input, a new head (GLUE's protocol); bi (stsb): each "
+        "sentence embedded alone, scored by cosine (how a sentence encoder is used)",
     )
     add_config_arguments(
         p,
