@@ -490,3 +490,21 @@ def test_finished_evaluations_are_mirrored_and_restored(tmp_path):
     assert _restore_evaluations(fresh, mirror) == 0  # never overwrites
     with pytest.raises(DistilkitError, match="other settings"):
         _ = _Step(fresh / "eval" / "teacher" / "cola" / "seed-42", {"a": 2}).done
+
+
+def test_the_committed_sub_runs_keep_their_settings_when_configs_grow():
+    # A key added to FinetuneConfig or ZeroShotConfig changes every evaluation sub-run's
+    # recorded settings, and a resumed study (or one restored from the committed mirror) then
+    # refuses all its finished work. A new key must be declared in _ADDED_KEYS with the value
+    # that means what the old runs did (or the study format changed on purpose).
+    from distilkit.ablate_study import _settings_of
+    from distilkit.finetune import FinetuneConfig
+    from distilkit.zeroshot import ZeroShotConfig
+
+    mirror = ROOT / "docs" / "results" / "ablation" / "subruns" / "eval" / "teacher"
+    for record, section, config in (
+        ("cola/seed-42.step.json", "finetune", FinetuneConfig()),
+        ("stsb-zeroshot.step.json", "zeroshot", ZeroShotConfig()),
+    ):
+        recorded = json.loads((mirror / record).read_text())["settings"][section]
+        assert set(_settings_of(to_dict(config))) == set(recorded), record

@@ -367,7 +367,7 @@ class _Study:
             seed=seed,
             threads=s.threads,
         )
-        kept = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
+        kept = _settings_of(to_dict(cfg))
         st = self.step(
             f"{key}/{base.task}/seed-{seed}",
             folder,
@@ -394,7 +394,7 @@ class _Study:
             max_eval_examples=s.evaluate.zeroshot_max_examples,
             threads=s.threads,
         )
-        kept = {k: v for k, v in to_dict(zcfg).items() if k not in _NOT_RESULT_KEYS}
+        kept = _settings_of(to_dict(zcfg))
         st = self.step(
             f"{key}/stsb-zeroshot",
             folder,
@@ -446,6 +446,20 @@ class _Study:
 # Settings that change where or how fast a run goes, not its result. Paths are left out too:
 # the upstream digest pins the model and ``glue_dir`` is recorded as written in the size.
 _NOT_RESULT_KEYS = ("out", "threads", "log_every", "device", "eval_batch_size", "model", "data_dir")
+
+# Keys added to an evaluation config after studies had recorded their sub-runs, with the value
+# that means what the runs without the key did. At that value they stay out of the settings,
+# so finished sub-runs (and their committed mirror) keep their settings and digests.
+_ADDED_KEYS = {"form": "cross"}
+
+
+def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation config as a sub-run records it (see ``_NOT_RESULT_KEYS``, ``_ADDED_KEYS``)."""
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in _NOT_RESULT_KEYS and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])
+    }
 
 
 def _result_keys(section) -> dict[str, Any]:
