@@ -423,6 +423,15 @@ def _load_biencoder(ref: str, name: str, spec: TaskSpec, dropout: float | None =
     check_loading_info(name, info, ())
     check_finite_weights(encoder, name)
     pooling = sentence_spec(ref) if Path(ref).is_dir() else None
+    if pooling is None:  # said once per seed: a hub sentence encoder may pool otherwise
+        log.info("bi-encoder: %s has no sentence-transformers pooling config; mean pooling", name)
+    else:
+        log.info(
+            "bi-encoder: %s pooling of %s%s",
+            pooling.pooling,
+            name,
+            ", normalised" * pooling.normalize,
+        )
     return BiEncoder(encoder, pooling, SCORE_RANGE[spec.name], ref)
 
 
