@@ -203,3 +203,31 @@ def test_sanity_gates_flag_a_broken_evaluation():
     teacher["model"] = "my-own-model"
     assert any(g["passed"] is None for g in sanity_gates(build_report(teacher, student, ["cola"])))
     assert "not checked" in render_gates(sanity_gates(build_report(teacher, student, ["cola"])))
+
+
+def test_stsb_bi_is_a_task_of_its_own_and_other_bi_tasks_are_refused():
+    from distilkit.compare import canonical_task
+
+    assert canonical_task("STS-B-bi") == "stsb-bi"
+    with pytest.raises(DistilkitError, match="form=bi .* not cola"):
+        canonical_task("cola-bi")
+    with pytest.raises(DistilkitError, match="'tasks'|form=bi"):
+        CompareConfig(tasks=["sst2-bi"]).validate()
+
+
+def test_compare_runs_stsb_as_a_bi_encoder_and_gates_it(sentence_teacher, tmp_path, capsys):
+    args = ["compare", "--teacher", str(sentence_teacher), "--student", str(sentence_teacher)]
+    args += ["--tasks", "stsb-bi,stsb-zeroshot", "--data-dir", str(GLUE), "--out", str(tmp_path)]
+    args += ["--recipes", str(RECIPES), "--ft", "max_steps=1", "--ft", "threads=1"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    ran = json.loads((tmp_path / "student" / "stsb-bi" / "metrics.json").read_text())
+    assert ran["task"] == "stsb-bi" and ran["config"]["form"] == "bi"
+    assert ran["title"] == "STS-B (bi-encoder)"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["student"]["scores"]) == {"stsb-bi", "stsb-zeroshot"}
+    gates = [g["gate"] for g in report["gates"]]
+    assert gates.count("bi-encoder fine-tuned STS-B >= zero-shot STS-B") == 2
+    # A second compare collects the bi-encoder results instead of running them again.
+    before = (tmp_path / "student" / "stsb-bi" / "metrics.json").stat().st_mtime_ns
+    assert cli.main([*args, "--no-run"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "student" / "stsb-bi" / "metrics.json").stat().st_mtime_ns == before

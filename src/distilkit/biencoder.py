@@ -23,6 +23,9 @@ from distilkit.errors import DistilkitError
 from distilkit.sentence import SentenceSpec, pool_embeddings, write_sentence_modules
 from distilkit.tasks import Example, get_task
 
+BI_SUFFIX = "-bi"
+"""A bi-encoder result's task name is the task's and this: ``stsb-bi`` (metrics.json, compare)."""
+
 # Tasks a bi-encoder can be fine-tuned on: sentence-pair regression, gold scores in [0, top].
 SCORE_RANGE = {"stsb": 5.0}
 

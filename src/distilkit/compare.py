@@ -1,7 +1,8 @@
 """Teacher vs student report, like the paper's Table 1: per-task scores, macro score, retention.
 
 For each model and task, ``compare`` collects ``<runs>/<task>/metrics.json`` if it exists and
-otherwise runs the evaluation (``finetune``, ``zeroshot`` for ``stsb-zeroshot``; SQuAD results
+otherwise runs the evaluation (``finetune``, with ``form=bi`` for ``stsb-bi``; ``zeroshot`` for
+``stsb-zeroshot``; SQuAD results
 are only collected, since they need their own files). It writes ``report.md``, ``report.png`` and
 ``report.json`` into ``out``.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilkit.biencoder import BI_SUFFIX, check_task
 from distilkit.config import ConfigError, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.tasks import get_task
@@ -32,7 +34,8 @@ class CompareConfig:
     student: str = ""
     """Student model folder."""
     tasks: list[str] = field(default_factory=lambda: ["cola", "sst2", "stsb", "stsb-zeroshot"])
-    """GLUE tasks, classification, stsb-zeroshot, or squad (collected only)."""
+    """GLUE tasks, classification, stsb-zeroshot, stsb-bi (STS-B fine-tuned as a bi-encoder,
+    finetune form=bi), or squad (collected only)."""
     data_dir: str = ""
     """GLUE root (needed for runs that are not collected)."""
     out: str = ""
@@ -69,6 +72,10 @@ def canonical_task(name: str) -> str:
         if base.kind != "regression" or not base.is_pair:
             raise DistilkitError(f"'{name}': zero-shot needs a sentence-pair regression task")
         return base.name + ZEROSHOT_SUFFIX
+    if key.endswith(BI_SUFFIX):
+        base = get_task(key[: -len(BI_SUFFIX)])
+        check_task(base.name)
+        return base.name + BI_SUFFIX
     return get_task(key).name
 
 
@@ -77,6 +84,8 @@ def _title(task: str) -> str:
         return "SQuAD"
     if task.endswith(ZEROSHOT_SUFFIX):
         return get_task(task[: -len(ZEROSHOT_SUFFIX)]).title + " (0-shot)"
+    if task.endswith(BI_SUFFIX):
+        return get_task(task[: -len(BI_SUFFIX)]).title + " (bi-encoder)"
     return get_task(task).title
 
 
@@ -116,8 +125,11 @@ def _collect_or_run(cfg: CompareConfig, model: str, runs: Path, task: str) -> di
     from distilkit.finetune import build_config, default_recipes_path, finetune
 
     recipes = cfg.recipes or default_recipes_path()
+    base, overrides = task, list(cfg.overrides)
+    if task.endswith(BI_SUFFIX):  # the task's recipe, fine-tuned as a bi-encoder
+        base, overrides = task[: -len(BI_SUFFIX)], [*overrides, "form=bi"]
     ft = build_config(
-        task, recipes, cfg.overrides, model=model, data_dir=cfg.data_dir, out=str(runs / task)
+        base, recipes, overrides, model=model, data_dir=cfg.data_dir, out=str(runs / task)
     )
     return finetune(ft)
 
@@ -325,6 +337,16 @@ def sanity_gates(report: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "model": label,
                     "gate": "fine-tuned STS-B >= zero-shot STS-B",
+                    "passed": ft >= zs,
+                    "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
+                }
+            )
+        if "stsb-bi" in metrics and "stsb-zeroshot" in metrics:
+            ft, zs = metrics["stsb-bi"]["spearman"], metrics["stsb-zeroshot"]["spearman"]
+            gates.append(
+                {
+                    "model": label,
+                    "gate": "bi-encoder fine-tuned STS-B >= zero-shot STS-B",
                     "passed": ft >= zs,
                     "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
                 }

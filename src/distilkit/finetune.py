@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilkit.biencoder import SCORE_RANGE, BiEncoder, check_task, tokenize_pairs
+from distilkit.biencoder import BI_SUFFIX, SCORE_RANGE, BiEncoder, check_task, tokenize_pairs
 from distilkit.config import ConfigError, from_dict, load_config, to_dict
 from distilkit.errors import DistilkitError
 from distilkit.metrics import compute_metrics, result_json
@@ -760,9 +760,10 @@ def _finetune_into(
 
     summary = summarise(runs)
     main = next(iter(summary))
+    bi = cfg.form == "bi"  # a different measurement from the GLUE protocol's: named apart
     result = {
-        "task": spec.name,
-        "title": spec.title,
+        "task": spec.name + BI_SUFFIX * bi,
+        "title": spec.title + " (bi-encoder)" * bi,
         "kind": "finetune",
         "model": cfg.model,
         "parameters": parameters,

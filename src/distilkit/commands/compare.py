@@ -24,7 +24,11 @@ FLAGS = {
 def add_arguments(p) -> None:
     p.add_argument("--teacher", required=True, help="teacher model: folder, 'minilm', hub id")
     p.add_argument("--student", required=True, help="student model folder")
-    p.add_argument("--tasks", help="comma-separated, e.g. cola,sst2,stsb,stsb-zeroshot,squad")
+    p.add_argument(
+        "--tasks",
+        help="comma-separated, e.g. cola,sst2,stsb,stsb-zeroshot,stsb-bi,squad "
+        "(stsb-bi: STS-B fine-tuned as a bi-encoder)",
+    )
     p.add_argument("--data-dir", help="GLUE root (needed for runs that are not collected)")
     p.add_argument("--out", required=True, help="report folder (report.md/png/json)")
     p.add_argument("--teacher-runs", help="folder with <task>/metrics.json (default OUT/teacher)")
