@@ -9,12 +9,15 @@ size and speed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import inspect
 import json
 import logging
+import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,11 +166,28 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run the offline pipeline end to end and return the summary it prints."""
     from distilkit.sentence import EmbeddingLossConfig
 
+    # Every setting is checked before the folder is touched: --overwrite must not delete an
+    # earlier demo for a run that then stops on a bad value.
     if cfg.layers not in ("search", "default"):
         raise DistilkitError(f"demo layers must be 'search' or 'default', got {cfg.layers!r}")
+    for name, low in (("distill_steps", 1), ("batch_size", 1), ("max_length", 32)):
+        if getattr(cfg, name) < low:
+            raise DistilkitError(f"demo {name} must be at least {low}, got {getattr(cfg, name)}")
+    if cfg.max_length > 512:
+        raise DistilkitError("demo max_length must be at most 512 (the teacher's positions)")
+    if not 1 <= cfg.student_layers < 6:
+        raise DistilkitError(
+            f"demo student_layers must be 1-5 (the teacher has 6), got {cfg.student_layers}"
+        )
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise DistilkitError(f"demo lr must be a positive number, got {cfg.lr}")
     EmbeddingLossConfig(
         alpha_rank=cfg.alpha_rank, rank_temperature=cfg.rank_temperature, spans=cfg.spans
-    ).validate()  # before any work
+    ).validate()
+    if cfg.glue_dir:  # read now, not after minutes of training
+        from distilkit.tasks import read_task
+
+        read_task("stsb", "dev", cfg.glue_dir)
     root = Path(cfg.out_dir)
     lock = _claim_folder(root, cfg.overwrite)
     try:
@@ -301,55 +321,135 @@ def _claim_folder(root: Path, overwrite: bool) -> int:
 
     Returns a descriptor holding an exclusive flock on the folder's marker for the whole run,
     so a second demo on the same folder stops with one line instead of deleting the files of
-    the one still running.
+    the one still running. Filesystem refusals (a parent that is a file, no permission) are one
+    line too.
     """
+    try:
+        return _claim(root, overwrite)
+    except DistilkitError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the CLI's own disk-full line
+        raise DistilkitError(
+            f"cannot use demo folder {root}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else "")
+        ) from None
+
+
+def _claim(root: Path, overwrite: bool) -> int:
     marker = root / DEMO_MARKER
+    if root.is_symlink():
+        raise DistilkitError(f"demo folder {root} is a symbolic link; give the folder itself")
     if root.exists() and not root.is_dir():
         raise DistilkitError(f"demo folder {root} is a file")
-    if marker.is_file():
-        _refuse_if_running(marker)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
-        if not marker.is_file():
-            raise DistilkitError(
-                f"demo folder {root} holds files distilkit demo did not make (no {DEMO_MARKER}); "
-                "choose another --out"
-            )
-        import shutil
-
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    # No O_TRUNC before the lock: a demo that lost the race must not blank the winner's marker.
-    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    old = None  # the earlier demo's marker, locked while its folder is moved away
+    seen = _inode(root)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DistilkitError(_in_use(root, marker)) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, (json.dumps({"made_by": "distilkit demo", "pid": os.getpid()}) + "\n").encode())
+        names = [p.name for p in root.iterdir()] if seen is not None else []
+    except FileNotFoundError:  # moved away by another demo this instant: as if absent
+        names = []
+    if names and all(n.startswith(f".{DEMO_MARKER}.") for n in names):
+        raise DistilkitError(_in_use(root, marker))  # another demo is writing its marker
+    if names:
+        if not overwrite and not marker.is_file():
+            raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
+        if not _is_demo_marker(marker):
+            if _inode(root) != seen:  # another demo moved it away meanwhile: it owns the name
+                raise DistilkitError(_in_use(root, marker))
+            raise DistilkitError(
+                f"demo folder {root} holds files distilkit demo did not make (no valid "
+                f"{DEMO_MARKER}); choose another --out"
+            )
+        old = _lock_marker(root, marker)
+        if not overwrite:
+            os.close(old)
+            raise DistilkitError(f"demo folder {root} is not empty (use --overwrite)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if old is not None:
+        # Moved away while its marker is locked, so a second demo sees either this folder
+        # (locked) or none: it can neither take the old folder nor delete the new one.
+        trash = root.with_name(f".{root.name}.old-{os.getpid()}")
+        os.rename(root, trash)
+    try:
+        root.mkdir(exist_ok=True)
+        fd = _new_marker(root, marker)
+    finally:
+        if old is not None:
+            os.close(old)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     return fd
 
 
-def _refuse_if_running(marker: Path) -> None:
-    fd = os.open(marker, os.O_RDONLY)
+def _new_marker(root: Path, marker: Path) -> int:
+    """Create ``marker`` already written and locked, or fail "in use" if it exists: it is
+    built under a private name and linked into place (link never replaces a file), so no
+    other demo ever sees it empty or unlocked."""
+    tmp = root / f".{DEMO_MARKER}.{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise DistilkitError(_in_use(marker.parent, marker)) from None
-    finally:
+        os.write(
+            fd, (json.dumps({"made_by": "distilkit demo", "pid": os.getpid()}) + "\n").encode()
+        )
+        os.link(tmp, marker)
+    except FileExistsError:
         os.close(fd)
+        raise DistilkitError(_in_use(root, marker)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    return fd
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _is_demo_marker(marker: Path) -> bool:
+    try:
+        made = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(made, dict) and made.get("made_by") == "distilkit demo"
+
+
+def _lock_marker(root: Path, marker: Path) -> int:
+    """An fd holding the exclusive flock on ``marker``, or the one-line "in use" error."""
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except FileNotFoundError:  # moved away by another demo meanwhile
+        raise DistilkitError(_in_use(root, marker)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file may have been moved away or replaced between open and lock (another demo
+        # overwriting the folder): then the lock guards nothing.
+        same = os.stat(marker).st_ino == os.fstat(fd).st_ino
+    except (BlockingIOError, FileNotFoundError):
+        same = False
+    if not same:
+        os.close(fd)
+        raise DistilkitError(_in_use(root, marker))
+    return fd
 
 
 def _in_use(root: Path, marker: Path) -> str:
     try:
-        pid = json.loads(marker.read_text() or "{}").get("pid", "?")
+        made = json.loads(marker.read_text(encoding="utf-8") or "{}")
+        pid = made.get("pid") if isinstance(made, dict) else None
     except (OSError, ValueError):
-        pid = "?"
+        pid = None
     return (
-        f"demo folder {root} is in use by another distilkit demo (process {pid}); wait for it "
-        "to end, or choose another --out"
+        f"demo folder {root} is in use by another distilkit demo"
+        + (f" (process {pid})" if isinstance(pid, int) else "")
+        + "; wait for it to end, or choose another --out"
     )
 
 
