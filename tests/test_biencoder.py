@@ -107,3 +107,18 @@ def test_the_cli_takes_form_and_refuses_a_bad_value(sentence_teacher, tmp_path, 
     assert written["config"]["form"] == "bi" and written["task"] == "stsb-bi"
     assert cli.main([*base, "--overwrite", "form=tri"]) == 2
     assert "'form' must be 'cross' or 'bi'" in capsys.readouterr().err
+
+
+def test_a_broken_pooling_config_fails_before_an_earlier_result_is_replaced(
+    sentence_teacher, tmp_path
+):
+    import shutil
+
+    out = tmp_path / "o"
+    finetune(_cfg(sentence_teacher, out, max_steps=1))
+    broken = tmp_path / "broken"
+    shutil.copytree(sentence_teacher, broken)
+    (broken / "modules.json").write_text("{oops")
+    with pytest.raises(DistilkitError, match="not a valid sentence-transformers module list"):
+        finetune(_cfg(broken, out, max_steps=1), overwrite=True)
+    assert (out / "metrics.json").is_file()

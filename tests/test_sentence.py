@@ -54,6 +54,22 @@ def test_sentence_spec_reads_the_layout(sentence_teacher, tiny_teacher, tmp_path
         sentence_spec(cls)
 
 
+@pytest.mark.parametrize(
+    "file, text, message",
+    [
+        ("1_Pooling/config.json", "[]", "not a pooling config"),
+        ("sentence_bert_config.json", "[256]", "not a sentence-transformers config"),
+        ("sentence_bert_config.json", '{"max_seq_length": "long"}', "positive integer"),
+        ("sentence_bert_config.json", '{"max_seq_length": 0}', "positive integer"),
+    ],
+)
+def test_malformed_sentence_files_are_one_line_errors(tmp_path, tiny_tok, file, text, message):
+    folder = make_sentence_encoder(tmp_path / "m", tiny_tok)
+    (folder / file).write_text(text)
+    with pytest.raises(DistilkitError, match=message):
+        sentence_spec(folder)
+
+
 def test_split_sentences_cuts_at_ends_and_at_the_length_cap():
     # [CLS]=2, [SEP]=3, '.'=5, pad=0; body: 7 8 9 . 10 11 . 12 | 13 14 15 16 17 18
     ids = torch.tensor(

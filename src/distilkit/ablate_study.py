@@ -367,7 +367,7 @@ class _Study:
             seed=seed,
             threads=s.threads,
         )
-        kept = _settings_of(to_dict(cfg))
+        kept = _settings_of(to_dict(cfg), "finetune")
         st = self.step(
             f"{key}/{base.task}/seed-{seed}",
             folder,
@@ -394,7 +394,7 @@ class _Study:
             max_eval_examples=s.evaluate.zeroshot_max_examples,
             threads=s.threads,
         )
-        kept = _settings_of(to_dict(zcfg))
+        kept = _settings_of(to_dict(zcfg), "zeroshot")
         st = self.step(
             f"{key}/stsb-zeroshot",
             folder,
@@ -450,15 +450,17 @@ _NOT_RESULT_KEYS = ("out", "threads", "log_every", "device", "eval_batch_size", 
 # Keys added to an evaluation config after studies had recorded their sub-runs, with the value
 # that means what the runs without the key did. At that value they stay out of the settings,
 # so finished sub-runs (and their committed mirror) keep their settings and digests.
-_ADDED_KEYS = {"form": "cross"}
+_ADDED_KEYS: dict[str, dict[str, Any]] = {"finetune": {"form": "cross"}, "zeroshot": {}}
 
 
-def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """An evaluation config as a sub-run records it (see ``_NOT_RESULT_KEYS``, ``_ADDED_KEYS``)."""
+def _settings_of(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """An evaluation config (``section``: "finetune" or "zeroshot") as a sub-run records it
+    (see ``_NOT_RESULT_KEYS``, ``_ADDED_KEYS``)."""
+    added = _ADDED_KEYS[section]
     return {
         k: v
         for k, v in config.items()
-        if k not in _NOT_RESULT_KEYS and not (k in _ADDED_KEYS and v == _ADDED_KEYS[k])
+        if k not in _NOT_RESULT_KEYS and not (k in added and v == added[k])
     }
 
 

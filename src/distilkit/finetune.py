@@ -682,6 +682,8 @@ def finetune(cfg: FinetuneConfig, overwrite: bool = False) -> dict[str, Any]:
         for split, ex in data.dev.items()
     }
     ref, config, tokenizer = open_model(cfg.model)
+    if cfg.form == "bi" and Path(ref).is_dir():
+        sentence_spec(ref)  # a broken pooling config fails here, not after the claim
     # The value used is the one recorded in metrics.json (a copy: the caller's cfg is theirs).
     cfg = dataclasses.replace(cfg, max_length=fit_max_length(cfg.max_length, config, cfg.model))
     inputs = {

@@ -76,6 +76,8 @@ def sentence_spec(path: str | Path) -> SentenceSpec | None:
         pool_cfg = json.loads(pool_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise DistilkitError(f"cannot read the pooling config {pool_file}: {exc}") from exc
+    if not isinstance(pool_cfg, dict):
+        raise DistilkitError(f"{pool_file} is not a pooling config (not a JSON object)")
     modes = [mode for key, mode in _POOLING_KEYS.items() if pool_cfg.get(key)]
     others = [
         k
@@ -88,9 +90,16 @@ def sentence_spec(path: str | Path) -> SentenceSpec | None:
     sbert = root / "sentence_bert_config.json"
     if sbert.is_file():
         try:
-            max_len = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
+            sbert_cfg = json.loads(sbert.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DistilkitError(f"{sbert} is not valid JSON") from exc
+        if not isinstance(sbert_cfg, dict):
+            raise DistilkitError(f"{sbert} is not a sentence-transformers config (not an object)")
+        max_len = sbert_cfg.get("max_seq_length")
+        if max_len is not None and (
+            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
+        ):
+            raise DistilkitError(f"{sbert}: max_seq_length must be a positive integer")
     return SentenceSpec(modes[0], "Normalize" in types, max_len, pool_dir)
 
 
