@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -193,10 +194,16 @@ def docstring_pairs(
     dropped). An object reachable twice (an alias) counts once; so does a repeated docstring.
     Only an object's own docstring counts: ``inspect.getdoc`` would hand a method without one
     its base class's text (``Thread.run``'s, say), which may sit in the training corpus.
+    A summary that several pairs share ("Return a string representation.") has no one right
+    answer: all those pairs are dropped. The test split also drops pairs that share 8 words
+    with a dev pair, so nothing tuned on dev is met again in test.
     """
     if isinstance(modules, str):
         if modules not in SPLITS:
             raise DistilkitError(f"unknown doc-search split {modules!r}; use one of {list(SPLITS)}")
+        if modules == "test":
+            dev = docstring_pairs("dev")
+            exclude_text += "\n" + "\n".join(f"{p.query}\n{p.answer}" for p in dev)
         modules = SPLITS[modules]
     pairs: list[DocPair] = []
     seen_text: set[str] = set()
@@ -243,7 +250,8 @@ def docstring_pairs(
                         f"{obj.__qualname__}."
                     ):
                         add(meth, f"{mod_name}.{attr}.{meth_name}")
-    return pairs
+    queries = Counter(" ".join(p.query.lower().split()) for p in pairs)
+    return [p for p in pairs if queries[" ".join(p.query.lower().split())] == 1]
 
 
 def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
