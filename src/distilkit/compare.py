@@ -331,26 +331,17 @@ def sanity_gates(report: dict[str, Any]) -> list[dict[str, Any]]:
     for role in ("teacher", "student"):
         m = report[role]
         metrics, label = m["metrics"], m["label"]
-        if "stsb" in metrics and "stsb-zeroshot" in metrics:
-            ft, zs = metrics["stsb"]["spearman"], metrics["stsb-zeroshot"]["spearman"]
-            gates.append(
-                {
-                    "model": label,
-                    "gate": "fine-tuned STS-B >= zero-shot STS-B",
-                    "passed": ft >= zs,
-                    "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
-                }
-            )
-        if "stsb-bi" in metrics and "stsb-zeroshot" in metrics:
-            ft, zs = metrics["stsb-bi"]["spearman"], metrics["stsb-zeroshot"]["spearman"]
-            gates.append(
-                {
-                    "model": label,
-                    "gate": "bi-encoder fine-tuned STS-B >= zero-shot STS-B",
-                    "passed": ft >= zs,
-                    "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
-                }
-            )
+        for task, form in (("stsb", ""), ("stsb-bi", "bi-encoder ")):
+            if task in metrics and "stsb-zeroshot" in metrics:
+                ft, zs = metrics[task]["spearman"], metrics["stsb-zeroshot"]["spearman"]
+                gates.append(
+                    {
+                        "model": label,
+                        "gate": f"{form}fine-tuned STS-B >= zero-shot STS-B",
+                        "passed": ft >= zs,
+                        "detail": f"Spearman {100 * ft:.1f} fine-tuned vs {100 * zs:.1f} zero-shot",
+                    }
+                )
         if "cola" in metrics:
             mcc = metrics["cola"].get("mcc", m["scores"]["cola"])
             gates.append(
