@@ -4,7 +4,7 @@
 
 DEMO_DIR: a finished `distilkit demo --out DEMO_DIR` (its prepared `data/` and layer-searched
 `student-init/` are reused, so every probe starts from the same student). The JSON sets
-`steps` (150), `batch` (16), `lr` (2e-4), `seed` (56), `emb` (keys of loss.embedding on top
+`steps` (150), `batch` (16), `lr` (2e-4), `seed` (56), `precision` ("auto"), `emb` (keys of loss.embedding on top
 of the demo's recipe: L_rank 1 at temperature 0.1, spans=mixed) and `split` ("dev"). Prints one
 JSON line: doc-search MRR and top-1 of the distilled student on that split (pairs sharing text
 with the demo corpus dropped, as the demo does) and the wall seconds.
@@ -36,6 +36,7 @@ def main() -> None:
     split = change.pop("split", "dev")
     steps, batch = change.pop("steps", 150), change.pop("batch", 16)
     lr, seed = change.pop("lr", 2e-4), change.pop("seed", 56)
+    precision = change.pop("precision", "auto")
     if change:
         sys.exit(f"unknown keys: {', '.join(change)}")
     t0 = time.time()
@@ -54,6 +55,7 @@ def main() -> None:
                 eval_every=0,
                 eval_batches=0,
                 threads=0,
+                precision=precision,
                 optim=OptimConfig(lr=lr, warmup_ratio=0.05, max_grad_norm=1.0),
             ),
         )
@@ -64,7 +66,7 @@ def main() -> None:
     pairs = docstring_pairs(split, (demo / "corpus.txt").read_text("utf-8"))
     r = search_scores(encoder_fn(enc, load_tokenizer(out), pool), pairs)
     line = {"split": split, "mrr": round(r["mrr"], 4), "top1": round(r["top1"], 4)}
-    line |= {"steps": steps}
+    line |= {"steps": steps, "precision": precision}
     line |= {"batch": batch, "lr": lr, "seed": seed, "emb": emb, "s": round(time.time() - t0)}
     print(json.dumps(line))
 

@@ -172,7 +172,9 @@ def _held_out_sentences(
             f"too few held-out sentences in {data} to choose layers ({len(sents)})"
         )
     sp = ds.special_ids
-    return sentence_batch(sents[:max_sentences], sp["cls"], sp["sep"], sp["pad"])
+    # Sorted by length, so that ``_embed``'s chunks of 64 rows carry little padding (about half
+    # the tokens of one batch padded to the longest sentence).
+    return sentence_batch(sorted(sents[:max_sentences], key=len), sp["cls"], sp["sep"], sp["pad"])
 
 
 def _embed(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, spec) -> torch.Tensor:
@@ -183,6 +185,8 @@ def _embed(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, spec) -> t
     out = []
     for start in range(0, ids.shape[0], 64):
         m = mask[start : start + 64]
-        h = encoder(input_ids=ids[start : start + 64], attention_mask=m)[0]  # (b, L, H)
+        width = int(m.sum(1).max())  # the chunk's longest row: the rest is padding
+        m = m[:, :width]
+        h = encoder(input_ids=ids[start : start + 64, :width], attention_mask=m)[0]  # (b, w, H)
         out.append(F.normalize(pool_embeddings(h, m, spec), dim=-1))
     return torch.cat(out)
