@@ -251,3 +251,25 @@ def test_mixed_spans_embed_the_sentences_and_their_whole_passages():
         [(7, 8, 5), (9, 10, 5), (11, 12, 13), (7, 8, 5, 9, 10, 5), (11, 12, 13)]
     )
     assert [len(r) for r in rows] == sorted(len(r) for r in rows)
+
+
+def test_frozen_word_embeddings_stay_the_teachers_and_the_rest_trains(
+    sentence_teacher, tiny_data, tmp_path
+):
+    from transformers import AutoModelForMaskedLM
+
+    cfg = _cfg(sentence_teacher, tiny_data, tmp_path / "f", max_steps=4, checkpoint_every=2)
+    cfg.freeze_word_embeddings = True
+    distill(cfg)
+    init = AutoModelForMaskedLM.from_pretrained(tmp_path / "f" / "student-init")
+    done = AutoModelForMaskedLM.from_pretrained(tmp_path / "f")
+    words = init.get_input_embeddings().weight
+    assert torch.equal(done.get_input_embeddings().weight, words)
+    moved = [
+        n for (n, p), q in zip(init.named_parameters(), done.parameters()) if not torch.equal(p, q)
+    ]
+    assert any("layer" in n for n in moved), moved
+    # A resume that would unfreeze them is a different run: refused, not silently continued.
+    cfg2 = _cfg(sentence_teacher, tiny_data, tmp_path / "f", max_steps=6, checkpoint_every=2)
+    with pytest.raises(DistilkitError, match="freeze_word_embeddings"):
+        distill(cfg2, resume=True)

@@ -102,6 +102,12 @@ class DistillConfig:
     """Output folder: the student, checkpoints, metrics.jsonl, TensorBoard logs."""
     overwrite: bool = False
     """Replace an earlier run in out_dir."""
+    freeze_word_embeddings: bool = False
+    """Keep the student's word-embedding matrix as initialised (the teacher's rows). A small
+    corpus moves only the rows of the tokens it contains; frozen, every token keeps the
+    teacher's vector, and a CPU step of a 3-layer MiniLM student costs about half (the matrix
+    is 11.7M of its 17.2M parameters, and AdamW updates all of it every step). With the triple
+    loss this also freezes the vocabulary projection tied to it."""
     loss: LossConfig = field(default_factory=LossConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -308,6 +314,10 @@ def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> D
 
     teacher.to(rt.device).eval().requires_grad_(False)
     student.to(rt.device).train()
+    if cfg.freeze_word_embeddings:
+        words = student.get_input_embeddings().weight  # (V, H), tied to the MLM projection
+        words.requires_grad_(False)
+        log.info("student word embeddings frozen (%s parameters)", f"{words.numel():,}")
     if kind == "embedding":
         objective = EmbeddingObjective(
             encoder_of(student),
@@ -347,6 +357,8 @@ def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> D
         "student_layers": list(cfg.student_layers),
         "objective": kind,
         **flatten("loss", to_dict(loss)),
+        # Only when set, so that runs from before the option resume as they were.
+        **({"freeze_word_embeddings": True} if cfg.freeze_word_embeddings else {}),
     }
     result = run(
         objective, student, cfg.data, cfg.masking, cfg.train, out, rt, resume, run_info, settings
