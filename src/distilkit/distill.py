@@ -106,8 +106,9 @@ class DistillConfig:
     """Keep the student's word-embedding matrix as initialised (the teacher's rows). A small
     corpus moves only the rows of the tokens it contains; frozen, every token keeps the
     teacher's vector, and a CPU step of a 3-layer MiniLM student costs about half (the matrix
-    is 11.7M of its 17.2M parameters, and AdamW updates all of it every step). With the triple
-    loss this also freezes the vocabulary projection tied to it."""
+    is 11.7M of its 17.2M parameters, and AdamW updates all of it every step). Where the MLM
+    vocabulary projection is tied to it (DistilBERT's default), that is frozen too, which
+    matters for the triple loss."""
     loss: LossConfig = field(default_factory=LossConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -315,7 +316,7 @@ def _distill(cfg: DistillConfig, resume, rt, out: Path, data: TokenDataset) -> D
     teacher.to(rt.device).eval().requires_grad_(False)
     student.to(rt.device).train()
     if cfg.freeze_word_embeddings:
-        words = student.get_input_embeddings().weight  # (V, H), tied to the MLM projection
+        words = student.get_input_embeddings().weight  # (V, H); the MLM projection if tied
         words.requires_grad_(False)
         log.info("student word embeddings frozen (%s parameters)", f"{words.numel():,}")
     if kind == "embedding":
