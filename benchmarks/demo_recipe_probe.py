@@ -4,8 +4,9 @@
 
 DEMO_DIR: a finished `distilkit demo --out DEMO_DIR` (its prepared `data/` and layer-searched
 `student-init/` are reused, so every probe starts from the same student). The JSON sets
-`steps` (150), `batch` (16), `lr` (2e-4), `seed` (56), `precision` ("auto"), `emb` (keys of loss.embedding on top
-of the demo's recipe: L_rank 1 at temperature 0.1, spans=mixed) and `split` ("dev"). Prints one
+`steps` (150), `batch` (16), `lr` (2e-4), `seed` (56), `precision` ("auto"), `freeze` (true:
+the demo's frozen word embeddings), `emb` (keys of loss.embedding on top of the demo's recipe:
+L_rank 1 at temperature 0.1, spans=mixed) and `split` ("dev"). Prints one
 JSON line: doc-search MRR and top-1 of the distilled student on that split (pairs sharing text
 with the demo corpus dropped, as the demo does) and the wall seconds.
 
@@ -37,6 +38,7 @@ def main() -> None:
     steps, batch = change.pop("steps", 150), change.pop("batch", 16)
     lr, seed = change.pop("lr", 2e-4), change.pop("seed", 56)
     precision = change.pop("precision", "auto")
+    freeze = change.pop("freeze", True)
     if change:
         sys.exit(f"unknown keys: {', '.join(change)}")
     t0 = time.time()
@@ -46,6 +48,7 @@ def main() -> None:
             student=str(demo / "student-init"),
             data=str(demo / "data"),
             out_dir=str(out),
+            freeze_word_embeddings=freeze,
             loss=LossConfig(embedding=EmbeddingLossConfig(**emb)),
             train=TrainConfig(
                 max_steps=steps,
@@ -66,7 +69,7 @@ def main() -> None:
     pairs = docstring_pairs(split, (demo / "corpus.txt").read_text("utf-8"))
     r = search_scores(encoder_fn(enc, load_tokenizer(out), pool), pairs)
     line = {"split": split, "mrr": round(r["mrr"], 4), "top1": round(r["top1"], 4)}
-    line |= {"steps": steps, "precision": precision}
+    line |= {"steps": steps, "precision": precision, "freeze": freeze}
     line |= {"batch": batch, "lr": lr, "seed": seed, "emb": emb, "s": round(time.time() - t0)}
     print(json.dumps(line))
 
